@@ -1,0 +1,34 @@
+#include "kernels/cuda/device.h"
+
+#include <cuda_runtime.h>
+
+#include "common/error.h"
+
+namespace pycomm::kernels::cuda {
+
+RuntimeStatus runtime_status() {
+  RuntimeStatus status;
+  cudaRuntimeGetVersion(&status.runtime_version);
+  if (cudaDriverGetVersion(&status.driver_version) != cudaSuccess) status.driver_version = 0;
+  const cudaError_t error = cudaGetDeviceCount(&status.devices);
+  if (error != cudaSuccess) {
+    status.devices = 0;
+    status.reason = cudaGetErrorString(error);
+    cudaGetLastError();  // clear the sticky error so a later query starts clean
+    return status;
+  }
+  if (status.devices == 0) {
+    status.reason = "the CUDA runtime found no device";
+    return status;
+  }
+  cudaDeviceProp properties;
+  if (cudaGetDeviceProperties(&properties, 0) == cudaSuccess) status.first_device = properties.name;
+  return status;
+}
+
+void require_device() {
+  const RuntimeStatus status = runtime_status();
+  if (status.devices == 0) PYCOMM_THROW(NotSupported, "no usable CUDA device: ", status.reason);
+}
+
+}  // namespace pycomm::kernels::cuda

@@ -1,0 +1,65 @@
+"""Turns what users pass (numpy arrays, torch CPU tensors, ml_dtypes bfloat16 arrays) into numpy
+views the core can read, and names each element type the way the core does.
+
+No copies: a tensor is viewed, never converted. bfloat16 has no numpy type, so bfloat16 data travels
+as ``uint16`` bit patterns (or as ml_dtypes' ``bfloat16`` when the caller used it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pycomm.errors import InvalidArgumentError
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+DTYPES = FLOAT_DTYPES + INTEGER_DTYPES
+
+
+def _torch_to_numpy(tensor: Any, role: str) -> tuple[np.ndarray, str | None]:
+    if tensor.device.type != "cpu":
+        raise InvalidArgumentError(f"{role}: a {tensor.device.type} tensor was given; these kernels take CPU memory")
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name == "bfloat16":
+        import torch
+
+        return tensor.detach().view(torch.int16).numpy().view(np.uint16), "bfloat16"
+    return tensor.detach().numpy(), None
+
+
+def as_array(x: Any, role: str = "x", dtype: str | None = None) -> tuple[np.ndarray, str]:
+    """Returns (numpy view of x, pycomm dtype name).
+
+    ``dtype`` overrides the element type where numpy cannot say it (``"bfloat16"`` for uint16 bits).
+    """
+    declared = None
+    if type(x).__module__.split(".")[0] == "torch":
+        x, declared = _torch_to_numpy(x, role)
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "__cuda_array_interface__"):
+            raise InvalidArgumentError(f"{role}: a CUDA array was given; these kernels take host memory")
+        x = np.asarray(x)
+    name = dtype or declared or x.dtype.name
+    if name not in DTYPES:
+        raise InvalidArgumentError(
+            f"{role}: unsupported dtype '{x.dtype if dtype is None else dtype}'; supported: {', '.join(DTYPES)}"
+        )
+    if name == "bfloat16" and not (x.itemsize == 2 and x.dtype.kind in "uiV"):
+        raise InvalidArgumentError(f"{role}: bfloat16 data must be 2-byte elements (uint16 bits), got {x.dtype}")
+    if name != "bfloat16" and x.dtype.name != name:
+        raise InvalidArgumentError(f"{role}: array has dtype {x.dtype}, not {name}")
+    return x, name
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """The numpy dtype that stores pycomm dtype ``name`` (uint16 for bfloat16)."""
+    return np.dtype(np.uint16) if name == "bfloat16" else np.dtype(name)
+
+
+def empty(shape: Any, name: str, like: np.ndarray | None = None) -> np.ndarray:
+    """A new array for dtype ``name``; bfloat16 keeps the storage dtype of ``like`` when given."""
+    if name == "bfloat16" and like is not None and like.dtype.itemsize == 2 and like.dtype.kind == "V":
+        return np.empty(shape, like.dtype)
+    return np.empty(shape, storage_dtype(name))

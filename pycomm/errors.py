@@ -1,0 +1,39 @@
+"""pycomm's exception tree.
+
+Every error pycomm raises is a :class:`PycommError`; each also derives from the built-in exception a
+Python user would catch for that situation (``ValueError`` for bad arguments, ``ImportError`` for a
+missing optional dependency, ``ConnectionError`` for a lost peer), so generic handlers keep working.
+The C++ core raises these same classes (translated in ``csrc/bindings/errors.cc``).
+"""
+
+from __future__ import annotations
+
+
+class PycommError(Exception):
+    """Base class of every pycomm error."""
+
+
+class InvalidArgumentError(PycommError, ValueError):
+    """An argument has the wrong type, dtype, size or value."""
+
+
+class NotSupportedError(PycommError, NotImplementedError):
+    """The feature is not available in this build or on this machine; the message says why."""
+
+
+class MissingDependencyError(PycommError, ImportError):
+    """An optional dependency is not installed; the message names the install command."""
+
+    def __init__(self, feature: str, package: str, install: str) -> None:
+        super().__init__(f"{feature} needs {package}, which is not installed; install it with: {install}")
+        self.feature = feature
+        self.package = package
+        self.install = install
+
+
+class CommError(PycommError, ConnectionError):
+    """A peer vanished, a connection broke or a peer broke the protocol."""
+
+
+class CommTimeout(CommError, TimeoutError):
+    """An operation passed its deadline."""

@@ -1,0 +1,128 @@
+"""What this installation of pycomm can do: build features, MPI, CUDA, torch, the interposer.
+
+``info()`` never initialises MPI in the calling process: when ``mpi4py.MPI`` is not loaded yet, the
+MPI library is asked from a short-lived child process (initialising MPI in a user's process behind
+their back would change what their own ``from mpi4py import MPI`` does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+
+from pycomm._native import core
+from pycomm.errors import NotSupportedError
+
+_MPI_PROBE = """
+import json, mpi4py
+mpi4py.rc.initialize = False
+from mpi4py import MPI
+name, version = MPI.get_vendor()
+print(json.dumps({"impl": name, "version": ".".join(map(str, version)),
+                  "standard": "%d.%d" % MPI.Get_version(),
+                  "library_version": MPI.Get_library_version().strip(),
+                  "mpi4py": mpi4py.__version__}))
+"""
+
+
+def _mpi_runtime() -> dict[str, Any]:
+    if importlib.util.find_spec("mpi4py") is None:
+        return {"available": False, "reason": 'mpi4py is not installed (pip install "pycomm[mpi]")'}
+    loaded = sys.modules.get("mpi4py.MPI")
+    if loaded is not None:
+        import mpi4py
+
+        name, version = loaded.get_vendor()
+        found = {
+            "impl": name,
+            "version": ".".join(map(str, version)),
+            "standard": "%d.%d" % loaded.Get_version(),
+            "library_version": loaded.Get_library_version().strip(),
+            "mpi4py": mpi4py.__version__,
+        }
+    else:
+        probe = subprocess.run(
+            [sys.executable, "-c", _MPI_PROBE], capture_output=True, text=True, timeout=60, check=False
+        )
+        if probe.returncode != 0:
+            return {"available": False, "reason": f"mpi4py could not load an MPI library: {probe.stderr.strip()}"}
+        found = json.loads(probe.stdout)
+    first_line = found["library_version"].splitlines()[0] if found["library_version"] else ""
+    found["library_version"] = first_line
+    found["available"] = True
+    found["mpiexec"] = shutil.which("mpiexec")
+    return found
+
+
+def _cuda_runtime(build: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {"built": build["cuda"], "compiler_version": build["cuda_version"] or None}
+    if not build["cuda"]:
+        result["devices"] = 0
+        result["reason"] = "no CUDA compiler was found when pycomm was built"
+        return result
+    from pycomm import _cuda
+
+    result.update(_cuda.runtime_status())
+    return result
+
+
+def _torch_runtime() -> dict[str, Any]:
+    if importlib.util.find_spec("torch") is None:
+        return {"available": False, "reason": 'torch is not installed (pip install "pycomm[torch]")'}
+    import torch
+
+    return {
+        "available": True,
+        "version": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "gloo": torch.distributed.is_available() and torch.distributed.is_gloo_available(),
+    }
+
+
+def interposer_path() -> str:
+    """Path of ``libpycomm_interpose.so`` for ``LD_PRELOAD``.
+
+    Raises :class:`NotSupportedError` while this version of pycomm does not ship the interposer.
+    """
+    raise NotSupportedError(
+        "the MPI datatype interposer (libpycomm_interpose.so) is not part of this version of pycomm yet"
+    )
+
+
+def _interposer() -> dict[str, Any]:
+    try:
+        return {"available": True, "path": interposer_path()}
+    except NotSupportedError as error:
+        return {"available": False, "path": None, "reason": str(error)}
+
+
+def info() -> dict[str, Any]:
+    """A JSON-serialisable description of this installation (what ``pycomm info --json`` prints)."""
+    build = core.build_info()
+    return {
+        "version": build["version"],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "build": {
+            "compiler": build["compiler"],
+            "build_type": build["build_type"],
+            "kernel_isas": build["kernel_isas"].split(","),
+            "kernel_isa_active": core.kernels.isa(),
+            "mpi_headers": build["mpi_headers"],
+            "mpi_headers_version": build["mpi_headers_version"] or None,
+            "mpi_headers_source": build["mpi_headers_source"] or None,
+            "cuda": build["cuda"],
+        },
+        "mpi": _mpi_runtime(),
+        "cuda": _cuda_runtime(build),
+        "torch": _torch_runtime(),
+        "interposer": _interposer(),
+    }

@@ -1,0 +1,198 @@
+"""The shared byte kernels: element-wise reductions, block quantizers, float casts, content hash.
+
+These are what every collective runs on its buffers; they are exposed for tests, benchmarks and
+users who build their own communication on top. All release the GIL. Inputs are numpy arrays or
+torch CPU tensors (C-contiguous); bfloat16 data is passed as ``uint16`` bit patterns with
+``dtype="bfloat16"`` (or as a torch bfloat16 tensor, or an ml_dtypes bfloat16 array).
+
+Numeric rules (identical on every machine, so every peer computes the same bytes):
+
+- float16/bfloat16 are computed in float32 and rounded to nearest even when stored; a chain over
+  several inputs (:func:`reduce`, :func:`accumulate`) keeps float32 and rounds once;
+- integer sum/prod wrap around like numpy; ``avg`` sums integers in 64 bits and truncates toward zero;
+- ``min``/``max`` follow numpy's ``minimum``/``maximum``: a NaN wins, ties keep the first operand;
+- NaN payloads are not preserved through float16/bfloat16 (a NaN stays a NaN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from pycomm._arrays import as_array, empty
+from pycomm._native import core
+from pycomm.errors import InvalidArgumentError
+
+_k = core.kernels
+
+REDUCE_OPS = ("sum", "prod", "min", "max", "avg")
+QUANT_SCHEMES = ("int8", "int4", "uint8")
+
+__all__ = [
+    "QUANT_SCHEMES",
+    "REDUCE_OPS",
+    "Quantized",
+    "accumulate",
+    "accumulator_dtype",
+    "cast",
+    "dequantize",
+    "finalize",
+    "hash64",
+    "isa",
+    "quantize",
+    "reduce",
+    "reduce_into",
+    "widen",
+]
+
+
+def isa() -> str:
+    """The instruction set the kernels run with on this CPU (``x86-64-v3`` or ``baseline``)."""
+    return _k.isa()
+
+
+def accumulator_dtype(dtype: str, op: str = "sum") -> str:
+    """The dtype a chained reduction of ``dtype`` accumulates in (float32 for 16-bit floats)."""
+    return _k.accumulator_dtype(dtype, op)
+
+
+def reduce_into(dst: Any, src: Any, op: str = "sum", dtype: str | None = None) -> None:
+    """``dst = dst (op) src`` in place, element-wise; ``op`` is sum, prod, min or max."""
+    d, name = as_array(dst, "dst", dtype)
+    s, _ = as_array(src, "src", name)
+    _k.reduce_into(d, s, op, name)
+
+
+def reduce(inputs: Sequence[Any], op: str = "sum", out: Any = None, dtype: str | None = None) -> np.ndarray:
+    """Element-wise reduction of several equally shaped arrays, left to right.
+
+    ``out`` may be one of the inputs. 16-bit floats accumulate in float32 and round once; ``avg``
+    divides the sum by ``len(inputs)``. Returns ``out`` (a new array when none is given).
+    """
+    if len(inputs) == 0:
+        raise InvalidArgumentError("reduce needs at least one input")
+    first, name = as_array(inputs[0], "inputs[0]", dtype)
+    arrays = [first] + [as_array(x, f"inputs[{k}]", name)[0] for k, x in enumerate(inputs[1:], start=1)]
+    for k, array in enumerate(arrays):
+        if array.shape != first.shape:
+            raise InvalidArgumentError(f"inputs[{k}] has shape {array.shape}, inputs[0] has {first.shape}")
+    result = empty(first.shape, name, like=first) if out is None else out
+    o, _ = as_array(result, "out", name)
+    if o.shape != first.shape:
+        raise InvalidArgumentError(f"out has shape {o.shape}, the inputs have {first.shape}")
+    _k.reduce(o, arrays, op, name)
+    return result
+
+
+def widen(src: Any, op: str = "sum", dtype: str | None = None) -> np.ndarray:
+    """Starts a streaming reduction: returns an accumulator (``accumulator_dtype``) holding ``src``."""
+    s, name = as_array(src, "src", dtype)
+    acc = np.empty(s.shape, accumulator_dtype(name, op))
+    _k.widen(acc, s, op, name)
+    return acc
+
+
+def accumulate(acc: np.ndarray, src: Any, op: str = "sum", dtype: str | None = None) -> None:
+    """``acc = acc (op) src`` in the accumulator's precision (``avg`` accumulates a sum)."""
+    s, name = as_array(src, "src", dtype)
+    _k.accumulate(acc, s, op, name)
+
+
+def finalize(acc: np.ndarray, dtype: str, op: str = "sum", contributions: int = 1, out: Any = None) -> np.ndarray:
+    """Ends a streaming reduction: the accumulator rounded to ``dtype`` (``avg`` divides by
+    ``contributions``)."""
+    result = empty(acc.shape, dtype) if out is None else out
+    o, _ = as_array(result, "out", dtype)
+    _k.finalize(o, acc, op, dtype, contributions)
+    return result
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A block-quantized array: ``data`` (int8 for ``int8``; uint8 bytes for ``uint8`` and for
+    ``int4``, two values a byte), one float32 ``scales`` entry per block, and for ``uint8`` one
+    float32 ``zero_points`` entry per block (the block's minimum)."""
+
+    scheme: str
+    block_size: int
+    count: int
+    shape: tuple[int, ...]
+    data: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire: data, scales and zero points."""
+        extra = 0 if self.zero_points is None else self.zero_points.nbytes
+        return self.data.nbytes + self.scales.nbytes + extra
+
+
+def quantize(
+    x: Any,
+    scheme: str = "int8",
+    block_size: int = 256,
+    rounding: str = "nearest",
+    seed: int = 0,
+    dtype: str | None = None,
+) -> Quantized:
+    """Quantizes a float array block by block.
+
+    ``int8``: symmetric, ``scale = absmax / 127``; ``int4``: symmetric, ``scale = absmax / 7``, two
+    values a byte; ``uint8``: ``scale = (max - min) / 255`` with the block minimum as zero point.
+    ``rounding="nearest"`` errs by at most ``scale / 2`` an element; ``"stochastic"`` is unbiased and
+    errs by less than ``scale``, drawing its random numbers from ``seed`` and the element index.
+    A block holding NaN or infinity raises :class:`InvalidArgumentError` naming the block.
+    """
+    s, name = as_array(x, "x", dtype)
+    if scheme not in QUANT_SCHEMES:
+        raise InvalidArgumentError(f"unsupported quantization scheme '{scheme}'; supported: {', '.join(QUANT_SCHEMES)}")
+    if not isinstance(block_size, (int, np.integer)) or block_size <= 0:
+        raise InvalidArgumentError(f"block_size must be a positive integer, got {block_size!r}")
+    if not 0 <= seed < 2**64:
+        raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
+    count = s.size
+    blocks = -(-count // block_size)
+    data = np.empty((count + 1) // 2 if scheme == "int4" else count, np.int8 if scheme == "int8" else np.uint8)
+    scales = np.empty(blocks, np.float32)
+    zero_points = np.empty(blocks, np.float32) if scheme == "uint8" else None
+    _k.quantize(s.reshape(-1), name, data, scales, zero_points, scheme, int(block_size), rounding, int(seed))
+    return Quantized(scheme, int(block_size), count, s.shape, data, scales, zero_points)
+
+
+def dequantize(q: Quantized, out: Any = None, dtype: str = "float32", accumulate: bool = False) -> np.ndarray:
+    """The float values of ``q``; with ``accumulate=True``, adds them to the float32 array ``out``."""
+    if accumulate and out is None:
+        raise InvalidArgumentError("accumulate=True needs out, the float32 array to add into")
+    result = empty(q.shape, dtype) if out is None else out
+    o, name = as_array(result, "out", None if out is not None and dtype == "float32" else dtype)
+    if o.size != q.count:
+        raise InvalidArgumentError(f"out has {o.size} elements, the quantized array {q.count}")
+    _k.dequantize(q.data, q.scales, q.zero_points, q.scheme, q.block_size, o.reshape(-1), name, accumulate)
+    return result
+
+
+def cast(x: Any, dtype: str, out: Any = None, src_dtype: str | None = None) -> np.ndarray:
+    """Converts between float16, bfloat16, float32 and float64, rounding to nearest even."""
+    s, src_name = as_array(x, "x", src_dtype)
+    result = empty(s.shape, dtype) if out is None else out
+    o, _ = as_array(result, "out", dtype)
+    _k.cast(o.reshape(-1), dtype, s.reshape(-1), src_name)
+    return result
+
+
+def hash64(data: Any, seed: int = 0) -> int:
+    """pycomm's 64-bit content hash of a C-contiguous buffer's bytes (version ``HASH_VERSION``).
+
+    The same value on every machine, run and thread count; not cryptographic.
+    """
+    if type(data).__module__.split(".")[0] == "torch":
+        data, _ = as_array(data, "data")
+    if not 0 <= seed < 2**64:
+        raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
+    return _k.hash64(data, seed)
+
+
+HASH_VERSION: int = _k.HASH_VERSION
