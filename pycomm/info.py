@@ -7,7 +7,6 @@ their back would change what their own ``from mpi4py import MPI`` does).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import platform
 import shutil
@@ -33,12 +32,12 @@ print(json.dumps({"impl": name, "version": ".".join(map(str, version)),
 
 
 def _mpi_runtime() -> dict[str, Any]:
-    if importlib.util.find_spec("mpi4py") is None:
+    try:
+        import mpi4py
+    except ImportError:
         return {"available": False, "reason": 'mpi4py is not installed (pip install "pycomm[mpi]")'}
     loaded = sys.modules.get("mpi4py.MPI")
     if loaded is not None:
-        import mpi4py
-
         name, version = loaded.get_vendor()
         found = {
             "impl": name,
@@ -74,9 +73,10 @@ def _cuda_runtime(build: dict[str, Any]) -> dict[str, Any]:
 
 
 def _torch_runtime() -> dict[str, Any]:
-    if importlib.util.find_spec("torch") is None:
+    try:
+        import torch
+    except ImportError:
         return {"available": False, "reason": 'torch is not installed (pip install "pycomm[torch]")'}
-    import torch
 
     return {
         "available": True,

@@ -23,7 +23,7 @@ import numpy as np
 
 from pycomm._arrays import as_array, empty
 from pycomm._native import core
-from pycomm.errors import InvalidArgumentError
+from pycomm.errors import InvalidArgumentError, NotSupportedError
 
 _k = core.kernels
 
@@ -186,13 +186,36 @@ def cast(x: Any, dtype: str, out: Any = None, src_dtype: str | None = None) -> n
 def hash64(data: Any, seed: int = 0) -> int:
     """pycomm's 64-bit content hash of a C-contiguous buffer's bytes (version ``HASH_VERSION``).
 
-    The same value on every machine, run and thread count; not cryptographic.
+    The same value on every machine, run and thread count, and for GPU arrays (anything with
+    ``__cuda_array_interface__``, hashed on the device when the CUDA part is built); not cryptographic.
     """
-    if type(data).__module__.split(".")[0] == "torch":
-        data, _ = as_array(data, "data")
     if not 0 <= seed < 2**64:
         raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
+    if hasattr(data, "__cuda_array_interface__"):
+        return _hash64_device(data.__cuda_array_interface__, seed)
+    if type(data).__module__.split(".")[0] == "torch":
+        data, _ = as_array(data, "data")
     return _k.hash64(data, seed)
+
+
+def _hash64_device(interface: dict[str, Any], seed: int) -> int:
+    shape = tuple(interface["shape"])
+    itemsize = np.dtype(interface["typestr"]).itemsize
+    strides = interface.get("strides")
+    if strides is not None:
+        expected, contiguous = itemsize, True
+        for extent, stride in zip(reversed(shape), reversed(strides)):
+            contiguous &= extent <= 1 or stride == expected
+            expected *= extent
+        if not contiguous:
+            raise InvalidArgumentError("data: a GPU array must be C-contiguous to be hashed")
+    if not core.build_info()["cuda"]:
+        raise NotSupportedError("hashing GPU memory needs the CUDA part of pycomm, which this build does not have "
+                                "(no CUDA compiler was found when it was built)")
+    from pycomm import _cuda
+
+    length = int(np.prod(shape, dtype=np.int64)) * itemsize
+    return _cuda.hash64(interface["data"][0], length, seed)
 
 
 HASH_VERSION: int = _k.HASH_VERSION

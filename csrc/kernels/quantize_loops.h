@@ -29,13 +29,24 @@ inline float round_down(float v) {
   return nearest > v ? nearest - 1.0f : nearest;
 }
 
-// Uniform in [0, 1) from (seed, element index): splitmix64's finaliser over a Weyl sequence.
+// 32-bit finaliser of MurmurHash3: every input bit affects every output bit.
+inline std::uint32_t mix32(std::uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  h ^= h >> 16;
+  return h;
+}
+
+// Uniform in [0, 1) from (seed, element index), a pure function so every peer and the GPU draw the
+// same numbers. 32-bit arithmetic only, so it vectorises without 64-bit multiplies.
 inline float uniform_from_counter(std::uint64_t seed, std::uint64_t index) {
-  std::uint64_t z = seed + (index + 1) * 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+  const auto low = static_cast<std::uint32_t>(index);
+  const auto high = static_cast<std::uint32_t>(index >> 32);
+  std::uint32_t h = mix32(low * 0x9e3779b9u ^ static_cast<std::uint32_t>(seed));
+  h = mix32(h ^ high * 0x85ebca77u ^ static_cast<std::uint32_t>(seed >> 32));
+  return static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
 }
 
 template <typename T>
@@ -90,56 +101,123 @@ inline void cast_any(void* dst, DType dst_dtype, const void* src, DType src_dtyp
   });
 }
 
+// Magnitudes compare like their bit patterns, so the block maximum is an integer reduction (which
+// the vectoriser handles, unlike a float max that must respect NaN and signed zeros). Anything at
+// or above the infinity pattern is an infinity or a NaN.
 template <typename T>
 bool absmax_of_block(const T* src, std::size_t n, float* absmax) {
-  float largest = 0.0f;
-  int non_finite = 0;
+  std::uint32_t largest = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    const float magnitude = __builtin_fabsf(load_float(src, i));
-    non_finite |= !(magnitude <= kFloatMax);
+    const std::uint32_t magnitude = float_bits(load_float(src, i)) & 0x7fffffffu;
     largest = magnitude > largest ? magnitude : largest;
   }
-  *absmax = largest;
-  return non_finite == 0;
+  *absmax = bits_float(largest);
+  return largest < 0x7f800000u;
+}
+
+// Floats ordered as signed integers: flip the magnitude bits of negatives.
+inline std::int32_t ordered_key(float x) {
+  const auto bits = static_cast<std::int32_t>(float_bits(x));
+  return bits ^ ((bits >> 31) & 0x7fffffff);
+}
+
+inline float from_ordered_key(std::int32_t key) {
+  return bits_float(static_cast<std::uint32_t>(key ^ ((key >> 31) & 0x7fffffff)));
 }
 
 template <typename T>
 bool range_of_block(const T* src, std::size_t n, float* low, float* high) {
-  float smallest = load_float(src, 0);
-  float largest = smallest;
-  int non_finite = 0;
+  std::int32_t smallest = ordered_key(load_float(src, 0));
+  std::int32_t largest = smallest;
+  std::uint32_t largest_magnitude = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const float x = load_float(src, i);
-    non_finite |= !(__builtin_fabsf(x) <= kFloatMax);
-    smallest = x < smallest ? x : smallest;
-    largest = x > largest ? x : largest;
+    const std::int32_t key = ordered_key(x);
+    const std::uint32_t magnitude = float_bits(x) & 0x7fffffffu;
+    smallest = key < smallest ? key : smallest;
+    largest = key > largest ? key : largest;
+    largest_magnitude = magnitude > largest_magnitude ? magnitude : largest_magnitude;
   }
-  *low = smallest;
-  *high = largest;
-  return non_finite == 0;
+  *low = from_ordered_key(smallest);
+  *high = from_ordered_key(largest);
+  return largest_magnitude < 0x7f800000u;
 }
 
-// q = round(x / scale) clamped to [-limit, limit], written by `store(i, q)`.
-template <typename T, typename Store>
-void quantize_symmetric(const T* src, std::size_t n, float scale, float limit, const QuantizeOptions& options,
-                        std::size_t first_element, Store store) {
+// One quantized value: round(x / scale) (to nearest, or down after adding a uniform draw), clamped
+// to [low, high]. scale is never 0 here. The rounding mode is a template parameter so the loops do
+// not evaluate both modes and select (which the vectoriser would otherwise do).
+template <Rounding mode>
+float quantize_value(float x, float scale, float low, float high, std::uint64_t seed, std::size_t index) {
+  const float scaled = x / scale;
+  float q;
+  if constexpr (mode == Rounding::nearest) {
+    q = round_nearest_even(scaled);
+  } else {
+    q = round_down(scaled + uniform_from_counter(seed, index));
+  }
+  return q > high ? high : (q < low ? low : q);
+}
+
+// Calls body(std::integral_constant<Rounding, mode>{}) for the options' rounding mode.
+template <typename Body>
+void with_rounding(const QuantizeOptions& options, Body&& body) {
+  if (options.rounding == Rounding::nearest) {
+    body(std::integral_constant<Rounding, Rounding::nearest>{});
+  } else {
+    body(std::integral_constant<Rounding, Rounding::stochastic>{});
+  }
+}
+
+template <typename T>
+void quantize_int8(const T* src, std::size_t n, float scale, const QuantizeOptions& options,
+                   std::size_t first_element, std::int8_t* out) {
   if (scale == 0.0f) {
-    for (std::size_t i = 0; i < n; ++i) store(i, 0.0f);
+    for (std::size_t i = 0; i < n; ++i) out[i] = 0;
     return;
   }
-  if (options.rounding == Rounding::nearest) {
+  with_rounding(options, [&](auto mode) {
     for (std::size_t i = 0; i < n; ++i) {
-      float q = round_nearest_even(load_float(src, i) / scale);
-      q = q > limit ? limit : (q < -limit ? -limit : q);
-      store(i, q);
+      out[i] = static_cast<std::int8_t>(quantize_value<decltype(mode)::value>(
+          load_float(src, i), scale, -127.0f, 127.0f, options.seed, first_element + i));
     }
-  } else {
-    for (std::size_t i = 0; i < n; ++i) {
-      float q = round_down(load_float(src, i) / scale + uniform_from_counter(options.seed, first_element + i));
-      q = q > limit ? limit : (q < -limit ? -limit : q);
-      store(i, q);
-    }
+  });
+}
+
+// Two values a byte: element 2j in the low nibble, 2j + 1 in the high nibble (two's complement).
+template <typename T>
+void quantize_int4(const T* src, std::size_t n, float scale, const QuantizeOptions& options,
+                   std::size_t first_element, std::uint8_t* out) {
+  if (scale == 0.0f) {
+    for (std::size_t j = 0; j < (n + 1) / 2; ++j) out[j] = 0;
+    return;
   }
+  with_rounding(options, [&](auto mode) {
+    auto nibble = [&](std::size_t i) {
+      const float q = quantize_value<decltype(mode)::value>(load_float(src, i), scale, -7.0f, 7.0f, options.seed,
+                                                            first_element + i);
+      return static_cast<unsigned>(static_cast<int>(q)) & 0x0fu;
+    };
+    const std::size_t pairs = n / 2;
+    for (std::size_t j = 0; j < pairs; ++j) {
+      out[j] = static_cast<std::uint8_t>(nibble(2 * j) | (nibble(2 * j + 1) << 4));
+    }
+    if (n % 2 != 0) out[pairs] = static_cast<std::uint8_t>(nibble(n - 1));
+  });
+}
+
+template <typename T>
+void quantize_uint8(const T* src, std::size_t n, float low, float scale, const QuantizeOptions& options,
+                    std::size_t first_element, std::uint8_t* out) {
+  if (scale == 0.0f) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = 0;
+    return;
+  }
+  with_rounding(options, [&](auto mode) {
+    for (std::size_t i = 0; i < n; ++i) {
+      out[i] = static_cast<std::uint8_t>(quantize_value<decltype(mode)::value>(
+          load_float(src, i) - low, scale, 0.0f, 255.0f, options.seed, first_element + i));
+    }
+  });
 }
 
 template <typename T>
@@ -149,46 +227,24 @@ bool quantize_block_typed(const T* src, std::size_t n, const QuantizeOptions& op
     case QuantScheme::int8_absmax: {
       float absmax;
       if (!absmax_of_block(src, n, &absmax)) return false;
-      const float scale = absmax / 127.0f;
-      auto* out = static_cast<std::int8_t*>(data);
-      quantize_symmetric(src, n, scale, 127.0f, options, first_element,
-                         [out](std::size_t i, float q) { out[i] = static_cast<std::int8_t>(q); });
-      *scale_out = scale;
+      *scale_out = absmax / 127.0f;
+      quantize_int8(src, n, *scale_out, options, first_element, static_cast<std::int8_t*>(data));
       return true;
     }
     case QuantScheme::int4_absmax: {
       float absmax;
       if (!absmax_of_block(src, n, &absmax)) return false;
-      const float scale = absmax / 7.0f;
-      auto* out = static_cast<std::uint8_t*>(data);
-      for (std::size_t i = 0; i < (n + 1) / 2; ++i) out[i] = 0;
-      quantize_symmetric(src, n, scale, 7.0f, options, first_element, [out](std::size_t i, float q) {
-        const auto nibble = static_cast<std::uint8_t>(static_cast<std::int8_t>(q) & 0x0f);
-        out[i / 2] = static_cast<std::uint8_t>(out[i / 2] | (i % 2 == 0 ? nibble : nibble << 4));
-      });
-      *scale_out = scale;
+      *scale_out = absmax / 7.0f;
+      quantize_int4(src, n, *scale_out, options, first_element, static_cast<std::uint8_t*>(data));
       return true;
     }
     case QuantScheme::uint8_minmax: {
       float low, high;
       if (!range_of_block(src, n, &low, &high)) return false;
       if (!(static_cast<double>(high) - low <= kFloatMax)) return false;
-      const float scale = (high - low) / 255.0f;
-      auto* out = static_cast<std::uint8_t*>(data);
-      if (scale == 0.0f) {
-        for (std::size_t i = 0; i < n; ++i) out[i] = 0;
-      } else {
-        for (std::size_t i = 0; i < n; ++i) {
-          const float shifted = (load_float(src, i) - low) / scale;
-          float q = options.rounding == Rounding::nearest
-                        ? round_nearest_even(shifted)
-                        : round_down(shifted + uniform_from_counter(options.seed, first_element + i));
-          q = q > 255.0f ? 255.0f : (q < 0.0f ? 0.0f : q);
-          out[i] = static_cast<std::uint8_t>(q);
-        }
-      }
-      *scale_out = scale;
+      *scale_out = (high - low) / 255.0f;
       *zero_point_out = low;
+      quantize_uint8(src, n, low, *scale_out, options, first_element, static_cast<std::uint8_t*>(data));
       return true;
     }
   }
@@ -205,44 +261,55 @@ inline bool quantize_block_any(const void* src, DType src_dtype, std::size_t n, 
   return finite;
 }
 
-template <typename T, typename Decode>
-void dequantize_into(T* out, std::size_t n, bool accumulate, Decode decode) {
+// out[i] = value (rounded to T), or out[i] += value for a float32 accumulator.
+template <typename T>
+void store_value(T* out, std::size_t i, float value, bool accumulate) {
   if constexpr (std::is_same_v<T, float>) {
-    if (accumulate) {
-      for (std::size_t i = 0; i < n; ++i) out[i] += decode(i);
+    out[i] = accumulate ? out[i] + value : value;
+  } else {
+    out[i] = Element<T>::store(static_cast<typename Element<T>::Compute>(value));
+  }
+}
+
+inline float int4_value(unsigned nibble, float scale) {
+  return static_cast<float>(static_cast<int>(nibble) - (nibble >= 8 ? 16 : 0)) * scale;
+}
+
+template <typename T>
+void dequantize_typed(const void* data, float scale, float zero_point, std::size_t n, QuantScheme scheme, T* out,
+                      bool accumulate) {
+  switch (scheme) {
+    case QuantScheme::int8_absmax: {
+      const auto* q = static_cast<const std::int8_t*>(data);
+      for (std::size_t i = 0; i < n; ++i) store_value(out, i, static_cast<float>(q[i]) * scale, accumulate);
+      return;
+    }
+    case QuantScheme::int4_absmax: {
+      // Byte by byte, both nibbles at once, so the loop vectorises; an odd tail is done alone.
+      const auto* q = static_cast<const std::uint8_t*>(data);
+      const std::size_t pairs = n / 2;
+      for (std::size_t j = 0; j < pairs; ++j) {
+        store_value(out, 2 * j, int4_value(q[j] & 0x0fu, scale), accumulate);
+        store_value(out, 2 * j + 1, int4_value(q[j] >> 4, scale), accumulate);
+      }
+      if (n % 2 != 0) store_value(out, n - 1, int4_value(q[pairs] & 0x0fu, scale), accumulate);
+      return;
+    }
+    case QuantScheme::uint8_minmax: {
+      const auto* q = static_cast<const std::uint8_t*>(data);
+      for (std::size_t i = 0; i < n; ++i) {
+        store_value(out, i, static_cast<float>(q[i]) * scale + zero_point, accumulate);
+      }
       return;
     }
   }
-  for (std::size_t i = 0; i < n; ++i) out[i] = Element<T>::store(static_cast<typename Element<T>::Compute>(decode(i)));
 }
 
 inline void dequantize_block_any(const void* data, float scale, float zero_point, std::size_t n, QuantScheme scheme,
                                  void* out, DType out_dtype, bool accumulate) {
   visit_float_dtype(out_dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    T* typed_out = static_cast<T*>(out);
-    switch (scheme) {
-      case QuantScheme::int8_absmax: {
-        const auto* q = static_cast<const std::int8_t*>(data);
-        dequantize_into(typed_out, n, accumulate, [q, scale](std::size_t i) { return static_cast<float>(q[i]) * scale; });
-        return;
-      }
-      case QuantScheme::int4_absmax: {
-        const auto* q = static_cast<const std::uint8_t*>(data);
-        dequantize_into(typed_out, n, accumulate, [q, scale](std::size_t i) {
-          const int byte = q[i / 2];
-          const int nibble = (i % 2 == 0 ? byte : byte >> 4) & 0x0f;
-          return static_cast<float>(nibble >= 8 ? nibble - 16 : nibble) * scale;
-        });
-        return;
-      }
-      case QuantScheme::uint8_minmax: {
-        const auto* q = static_cast<const std::uint8_t*>(data);
-        dequantize_into(typed_out, n, accumulate,
-                        [q, scale, zero_point](std::size_t i) { return static_cast<float>(q[i]) * scale + zero_point; });
-        return;
-      }
-    }
+    dequantize_typed(data, scale, zero_point, n, scheme, static_cast<T*>(out), accumulate);
   });
 }
 

@@ -13,7 +13,8 @@ RuntimeStatus runtime_status() {
   const cudaError_t error = cudaGetDeviceCount(&status.devices);
   if (error != cudaSuccess) {
     status.devices = 0;
-    status.reason = cudaGetErrorString(error);
+    status.reason = status.driver_version == 0 ? std::string("no CUDA driver is installed on this machine")
+                                               : std::string(cudaGetErrorString(error));
     cudaGetLastError();  // clear the sticky error so a later query starts clean
     return status;
   }

@@ -1,0 +1,6 @@
+"""Type stub of pycomm's optional CUDA module, present only when the build found a CUDA compiler."""
+
+from typing import Any
+
+def runtime_status() -> dict[str, Any]: ...
+def hash64(device_pointer: int, length: int, seed: int = 0) -> int: ...
