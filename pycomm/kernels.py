@@ -44,6 +44,8 @@ __all__ = [
     "quantize",
     "reduce",
     "reduce_into",
+    "set_threads",
+    "threads",
     "widen",
 ]
 
@@ -51,6 +53,20 @@ __all__ = [
 def isa() -> str:
     """The instruction set the kernels run with on this CPU (``x86-64-v3`` or ``baseline``)."""
     return _k.isa()
+
+
+def threads() -> int:
+    """Threads one large kernel call may use (default: the number of cores, at most 8, or
+    ``PYCOMM_KERNEL_THREADS``). Calls under 2 MiB always run on the calling thread alone."""
+    return _k.threads()
+
+
+def set_threads(threads: int) -> None:
+    """Sets how many threads one large kernel call may use (1: only the calling thread). Results do
+    not depend on it: every kernel is element-wise or block-wise."""
+    if not isinstance(threads, (int, np.integer)) or not 1 <= threads <= 1024:
+        raise InvalidArgumentError(f"threads must be an integer in [1, 1024], got {threads!r}")
+    _k.set_threads(int(threads))
 
 
 def accumulator_dtype(dtype: str, op: str = "sum") -> str:

@@ -11,6 +11,7 @@
 
 #include "bindings/arrays.h"
 #include "common/error.h"
+#include "common/thread_pool.h"
 #include "kernels/hash.h"
 #include "kernels/kernel_table.h"
 #include "kernels/quantize.h"
@@ -183,6 +184,11 @@ void bind_hash(py::module_& m) {
 
 void bind_kernels(py::module_& m) {
   m.def("isa", [] { return std::string(kernels::kernel_table().isa); });
+  m.def("threads", [] { return kernel_threads(); });
+  m.def("set_threads", [](int threads) {
+    py::gil_scoped_release release;  // joining the old pool waits for kernels on other threads
+    set_kernel_threads(threads);
+  });
   bind_reductions(m);
   bind_quantizers(m);
   bind_hash(m);

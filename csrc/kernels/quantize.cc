@@ -2,14 +2,17 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 
 #include "common/error.h"
 #include "kernels/kernel_table.h"
+#include "kernels/parallel.h"
 
 namespace pycomm::kernels {
 namespace {
 
 constexpr std::array<std::string_view, 3> kSchemeNames = {"int8", "int4", "uint8"};
+constexpr std::size_t kNoBlock = ~std::size_t{0};
 
 void check_float(DType dtype, const char* what) {
   PYCOMM_ENFORCE(is_floating(dtype), what, " must be a float dtype (float16, bfloat16, float32, float64), got ",
@@ -72,21 +75,33 @@ void quantize(const void* src, DType src_dtype, std::size_t count, const Quantiz
                  "quantize: uint8 needs a zero_points buffer");
   const KernelTable& table = kernel_table();
   const std::size_t item = dtype_size(src_dtype);
-  float unused_zero_point = 0.0f;
-  for (std::size_t block = 0, begin = 0; begin < count; ++block, begin += options.block_size) {
-    const std::size_t n = std::min(options.block_size, count - begin);
-    float* zero_point = has_zero_points(options.scheme) ? zero_points + block : &unused_zero_point;
-    const bool finite = table.quantize_block(static_cast<const unsigned char*>(src) + begin * item, src_dtype, n,
-                                             options, begin,
-                                             static_cast<unsigned char*>(data) + block_data_offset(options.scheme, begin),
-                                             scales + block, zero_point);
-    if (!finite) {
-      PYCOMM_THROW(InvalidArgument, "quantize: block ", block, " (elements ", begin, "..", begin + n - 1,
-                   ") holds a NaN or an infinity", options.scheme == QuantScheme::uint8_minmax
-                                                       ? " or spans more than float32's range"
-                                                       : "",
-                   "; block quantization needs finite values");
+  // Blocks are independent, so they are spread over threads; the first bad block is reported.
+  std::atomic<std::size_t> first_bad{kNoBlock};
+  parallel_ranges(count, item + 1, options.block_size, [&](std::size_t range_begin, std::size_t range_end) {
+    float unused_zero_point = 0.0f;
+    for (std::size_t begin = range_begin; begin < range_end; begin += options.block_size) {
+      const std::size_t block = begin / options.block_size;
+      const std::size_t n = std::min(options.block_size, count - begin);
+      float* zero_point = has_zero_points(options.scheme) ? zero_points + block : &unused_zero_point;
+      const bool finite = table.quantize_block(
+          static_cast<const unsigned char*>(src) + begin * item, src_dtype, n, options, begin,
+          static_cast<unsigned char*>(data) + block_data_offset(options.scheme, begin), scales + block, zero_point);
+      if (!finite) {
+        std::size_t seen = first_bad.load();
+        while (block < seen && !first_bad.compare_exchange_weak(seen, block)) {
+        }
+        return;
+      }
     }
+  });
+  const std::size_t bad = first_bad.load();
+  if (bad != kNoBlock) {
+    const std::size_t begin = bad * options.block_size;
+    const std::size_t last = std::min(count, begin + options.block_size) - 1;
+    PYCOMM_THROW(InvalidArgument, "quantize: block ", bad, " (elements ", begin, "..", last,
+                 ") holds a NaN or an infinity",
+                 options.scheme == QuantScheme::uint8_minmax ? " or spans more than float32's range" : "",
+                 "; block quantization needs finite values");
   }
 }
 
@@ -103,18 +118,27 @@ void dequantize(const void* data, const float* scales, const float* zero_points,
                  "dequantize: uint8 needs zero_points");
   const KernelTable& table = kernel_table();
   const std::size_t item = dtype_size(out_dtype);
-  for (std::size_t block = 0, begin = 0; begin < count; ++block, begin += block_size) {
-    const std::size_t n = std::min(block_size, count - begin);
-    table.dequantize_block(static_cast<const unsigned char*>(data) + block_data_offset(scheme, begin), scales[block],
-                           has_zero_points(scheme) ? zero_points[block] : 0.0f, n, scheme,
-                           static_cast<unsigned char*>(out) + begin * item, out_dtype, accumulate);
-  }
+  parallel_ranges(count, item + 1, block_size, [&](std::size_t range_begin, std::size_t range_end) {
+    for (std::size_t begin = range_begin; begin < range_end; begin += block_size) {
+      const std::size_t block = begin / block_size;
+      const std::size_t n = std::min(block_size, count - begin);
+      table.dequantize_block(static_cast<const unsigned char*>(data) + block_data_offset(scheme, begin),
+                             scales[block], has_zero_points(scheme) ? zero_points[block] : 0.0f, n, scheme,
+                             static_cast<unsigned char*>(out) + begin * item, out_dtype, accumulate);
+    }
+  });
 }
 
 void cast(void* dst, DType dst_dtype, const void* src, DType src_dtype, std::size_t count) {
   check_float(dst_dtype, "cast: the output");
   check_float(src_dtype, "cast: the input");
-  kernel_table().cast(dst, dst_dtype, src, src_dtype, count);
+  const std::size_t dst_item = dtype_size(dst_dtype);
+  const std::size_t src_item = dtype_size(src_dtype);
+  const KernelTable& table = kernel_table();
+  parallel_ranges(count, dst_item + src_item, 64, [&](std::size_t begin, std::size_t end) {
+    table.cast(static_cast<unsigned char*>(dst) + begin * dst_item, dst_dtype,
+               static_cast<const unsigned char*>(src) + begin * src_item, src_dtype, end - begin);
+  });
 }
 
 }  // namespace pycomm::kernels

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "kernels/kernel_table.h"
+#include "kernels/parallel.h"
 
 namespace pycomm::kernels {
 namespace {
@@ -15,6 +16,17 @@ constexpr std::array<std::string_view, 5> kOpNames = {"sum", "prod", "min", "max
 // Elements per step of a chained reduction: the accumulator tile (at most 8 bytes an element)
 // stays in the L1 cache while every input streams through it.
 constexpr std::size_t kTileElements = 2048;
+
+// Split points of a parallel call are multiples of this many elements (whole cache lines).
+constexpr std::size_t kGranule = 64;
+
+void* offset(void* base, std::size_t elements, std::size_t item) {
+  return static_cast<unsigned char*>(base) + elements * item;
+}
+
+const void* offset(const void* base, std::size_t elements, std::size_t item) {
+  return static_cast<const unsigned char*>(base) + elements * item;
+}
 
 bool overlaps(const void* a, const void* b, std::size_t bytes) {
   const auto* x = static_cast<const unsigned char*>(a);
@@ -52,61 +64,93 @@ void reduce_into(void* dst, const void* src, std::size_t count, DType dtype, Red
   check_op(dtype, op);
   PYCOMM_ENFORCE(op != ReduceOp::avg,
                  "avg is not a pairwise operation; use reduce() over all inputs, or accumulate() + finalize()");
-  PYCOMM_ENFORCE(dst == src || !overlaps(dst, src, count * dtype_size(dtype)),
+  const std::size_t item = dtype_size(dtype);
+  PYCOMM_ENFORCE(dst == src || !overlaps(dst, src, count * item),
                  "reduce_into: dst and src overlap without being the same buffer");
-  kernel_table().combine(dst, dst, src, count, dtype, op);
+  const KernelTable& table = kernel_table();
+  parallel_ranges(count, 3 * item, kGranule, [&](std::size_t begin, std::size_t end) {
+    table.combine(offset(dst, begin, item), offset(dst, begin, item), offset(src, begin, item), end - begin, dtype,
+                  op);
+  });
 }
 
-void reduce(void* out, const void* const* inputs, std::size_t n_inputs, std::size_t count, DType dtype, ReduceOp op) {
-  check_op(dtype, op);
-  PYCOMM_ENFORCE(n_inputs > 0, "reduce needs at least one input");
-  const std::size_t bytes = count * dtype_size(dtype);
-  for (std::size_t k = 0; k < n_inputs; ++k) {
-    PYCOMM_ENFORCE(inputs[k] == out || !overlaps(inputs[k], out, bytes),
-                   "reduce: input ", k, " overlaps the output without being the same buffer");
-  }
-  const KernelTable& table = kernel_table();
-  const DType acc_dtype = accumulator_dtype(dtype, op);
+namespace {
+
+// reduce() over elements [begin, end) of every buffer.
+void reduce_range(const KernelTable& table, void* out, const void* const* inputs, std::size_t n_inputs,
+                  std::size_t begin, std::size_t end, DType dtype, ReduceOp op) {
+  const std::size_t item = dtype_size(dtype);
+  auto in = [&](std::size_t k, std::size_t at) { return offset(inputs[k], at, item); };
 
   // Same-type chains combine straight into `out` (element-wise, so `out` may be the first or second
   // input), as long as `out` is not an input read after it was written.
   bool out_read_later = false;
   for (std::size_t k = 2; k < n_inputs; ++k) out_read_later |= inputs[k] == out;
-  if (acc_dtype == dtype && op != ReduceOp::avg && n_inputs >= 2 && !out_read_later) {
-    table.combine(out, inputs[0], inputs[1], count, dtype, op);
-    for (std::size_t k = 2; k < n_inputs; ++k) table.combine(out, out, inputs[k], count, dtype, op);
+  if (accumulator_dtype(dtype, op) == dtype && op != ReduceOp::avg && n_inputs >= 2 && !out_read_later) {
+    void* target = offset(out, begin, item);
+    table.combine(target, in(0, begin), in(1, begin), end - begin, dtype, op);
+    for (std::size_t k = 2; k < n_inputs; ++k) table.combine(target, target, in(k, begin), end - begin, dtype, op);
     return;
   }
   if (n_inputs == 1 && op != ReduceOp::avg) {
-    if (out != inputs[0]) std::memcpy(out, inputs[0], bytes);
+    if (out != inputs[0]) std::memcpy(offset(out, begin, item), in(0, begin), (end - begin) * item);
     return;
   }
-
+  // Otherwise through an accumulator tile that stays in the L1 cache while every input streams in.
   alignas(64) unsigned char tile[kTileElements * 8];
-  const std::size_t item = dtype_size(dtype);
-  for (std::size_t begin = 0; begin < count; begin += kTileElements) {
-    const std::size_t n = std::min(kTileElements, count - begin);
-    auto at = [&](const void* base) { return static_cast<const unsigned char*>(base) + begin * item; };
-    table.widen(tile, at(inputs[0]), n, dtype, op);
-    for (std::size_t k = 1; k < n_inputs; ++k) table.accumulate(tile, at(inputs[k]), n, dtype, op);
-    table.narrow(static_cast<unsigned char*>(out) + begin * item, tile, n, dtype, op, n_inputs);
+  for (std::size_t at = begin; at < end; at += kTileElements) {
+    const std::size_t n = std::min(kTileElements, end - at);
+    table.widen(tile, in(0, at), n, dtype, op);
+    for (std::size_t k = 1; k < n_inputs; ++k) table.accumulate(tile, in(k, at), n, dtype, op);
+    table.narrow(offset(out, at, item), tile, n, dtype, op, n_inputs);
   }
+}
+
+}  // namespace
+
+void reduce(void* out, const void* const* inputs, std::size_t n_inputs, std::size_t count, DType dtype, ReduceOp op) {
+  check_op(dtype, op);
+  PYCOMM_ENFORCE(n_inputs > 0, "reduce needs at least one input");
+  const std::size_t item = dtype_size(dtype);
+  for (std::size_t k = 0; k < n_inputs; ++k) {
+    PYCOMM_ENFORCE(inputs[k] == out || !overlaps(inputs[k], out, count * item),
+                   "reduce: input ", k, " overlaps the output without being the same buffer");
+  }
+  const KernelTable& table = kernel_table();
+  parallel_ranges(count, (n_inputs + 1) * item, kGranule, [&](std::size_t begin, std::size_t end) {
+    reduce_range(table, out, inputs, n_inputs, begin, end, dtype, op);
+  });
 }
 
 void widen(void* acc, const void* src, std::size_t count, DType dtype, ReduceOp op) {
   check_op(dtype, op);
-  kernel_table().widen(acc, src, count, dtype, op);
+  const std::size_t item = dtype_size(dtype);
+  const std::size_t acc_item = dtype_size(accumulator_dtype(dtype, op));
+  const KernelTable& table = kernel_table();
+  parallel_ranges(count, item + acc_item, kGranule, [&](std::size_t begin, std::size_t end) {
+    table.widen(offset(acc, begin, acc_item), offset(src, begin, item), end - begin, dtype, op);
+  });
 }
 
 void accumulate(void* acc, const void* src, std::size_t count, DType dtype, ReduceOp op) {
   check_op(dtype, op);
-  kernel_table().accumulate(acc, src, count, dtype, op);
+  const std::size_t item = dtype_size(dtype);
+  const std::size_t acc_item = dtype_size(accumulator_dtype(dtype, op));
+  const KernelTable& table = kernel_table();
+  parallel_ranges(count, item + 2 * acc_item, kGranule, [&](std::size_t begin, std::size_t end) {
+    table.accumulate(offset(acc, begin, acc_item), offset(src, begin, item), end - begin, dtype, op);
+  });
 }
 
 void finalize(void* out, const void* acc, std::size_t count, DType dtype, ReduceOp op, std::size_t contributions) {
   check_op(dtype, op);
   PYCOMM_ENFORCE(op != ReduceOp::avg || contributions > 0, "finalize: avg needs at least one contribution");
-  kernel_table().narrow(out, acc, count, dtype, op, contributions);
+  const std::size_t item = dtype_size(dtype);
+  const std::size_t acc_item = dtype_size(accumulator_dtype(dtype, op));
+  const KernelTable& table = kernel_table();
+  parallel_ranges(count, item + acc_item, kGranule, [&](std::size_t begin, std::size_t end) {
+    table.narrow(offset(out, begin, item), offset(acc, begin, acc_item), end - begin, dtype, op, contributions);
+  });
 }
 
 }  // namespace pycomm::kernels

@@ -1,0 +1,39 @@
+// Splitting one large kernel call over the kernels' thread pool (common/thread_pool.h).
+//
+// Only calls that move enough bytes are split (kMinBytesPerTask a task), so small buffers — the
+// common case inside a pipelined collective — never pay for waking threads. Every kernel is
+// element-wise or block-wise, so the split changes no result bit.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+
+#include "common/thread_pool.h"
+
+namespace pycomm::kernels {
+
+inline constexpr std::size_t kMinBytesPerTask = std::size_t{1} << 20;
+
+// Calls body(begin, end) over [0, count) in contiguous ranges whose boundaries are multiples of
+// `granule` elements; `bytes_per_element` counts every byte read or written for one element.
+template <typename Body>
+void parallel_ranges(std::size_t count, std::size_t bytes_per_element, std::size_t granule, Body&& body) {
+  const std::size_t total_bytes = count * bytes_per_element;
+  if (total_bytes < 2 * kMinBytesPerTask) {
+    body(std::size_t{0}, count);
+    return;
+  }
+  const auto pool = kernel_pool();
+  const std::size_t by_size = total_bytes / kMinBytesPerTask;
+  const std::size_t tasks = std::min<std::size_t>(by_size, static_cast<std::size_t>(pool->threads()));
+  const std::size_t granules = (count + granule - 1) / granule;
+  const std::size_t granules_per_task = (granules + tasks - 1) / tasks;
+  const std::size_t step = granules_per_task * granule;
+  pool->parallel_for(tasks, [&](std::size_t task) {
+    const std::size_t begin = std::min(count, task * step);
+    const std::size_t end = std::min(count, begin + step);
+    if (begin < end) body(begin, end);
+  });
+}
+
+}  // namespace pycomm::kernels
