@@ -20,7 +20,9 @@ DTYPES = FLOAT_DTYPES + INTEGER_DTYPES
 
 def _torch_to_numpy(tensor: Any, role: str) -> tuple[np.ndarray, str | None]:
     if tensor.device.type != "cpu":
-        raise InvalidArgumentError(f"{role}: a {tensor.device.type} tensor was given; these kernels take CPU memory")
+        raise InvalidArgumentError(
+            f"{role}: a {tensor.device.type} tensor was given; these kernels take CPU memory"
+        )
     name = str(tensor.dtype).removeprefix("torch.")
     if name == "bfloat16":
         import torch
@@ -43,11 +45,12 @@ def as_array(x: Any, role: str = "x", dtype: str | None = None) -> tuple[np.ndar
         x = np.asarray(x)
     name = dtype or declared or x.dtype.name
     if name not in DTYPES:
-        raise InvalidArgumentError(
-            f"{role}: unsupported dtype '{x.dtype if dtype is None else dtype}'; supported: {', '.join(DTYPES)}"
-        )
+        given = x.dtype if dtype is None else dtype
+        raise InvalidArgumentError(f"{role}: unsupported dtype '{given}'; supported: {', '.join(DTYPES)}")
     if name == "bfloat16" and not (x.itemsize == 2 and x.dtype.kind in "uiV"):
-        raise InvalidArgumentError(f"{role}: bfloat16 data must be 2-byte elements (uint16 bits), got {x.dtype}")
+        raise InvalidArgumentError(
+            f"{role}: bfloat16 data must be 2-byte elements (uint16 bits), got {x.dtype}"
+        )
     if name != "bfloat16" and x.dtype.name != name:
         raise InvalidArgumentError(f"{role}: array has dtype {x.dtype}, not {name}")
     return x, name

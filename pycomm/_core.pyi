@@ -1,6 +1,7 @@
 """Type stub of pycomm's private native module (csrc/bindings). Use the pycomm package instead."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -19,6 +19,8 @@ except ImportError as error:  # pragma: no cover - exercised only on broken inst
         if in_checkout
         else "reinstall pycomm (`pip install --force-reinstall pycomm`)"
     )
-    raise ImportError(f"pycomm's compiled core (pycomm._core) could not be loaded: {error}. {hint}") from error
+    raise ImportError(
+        f"pycomm's compiled core (pycomm._core) could not be loaded: {error}. {hint}"
+    ) from error
 
 __all__ = ["core"]

@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,45 +20,48 @@ import numpy as np
 from pycomm._native import core
 from pycomm.errors import NotSupportedError
 
+# Run in a child interpreter: describes the MPI library without initialising MPI.
 _MPI_PROBE = """
 import json, mpi4py
 mpi4py.rc.initialize = False
 from mpi4py import MPI
-name, version = MPI.get_vendor()
-print(json.dumps({"impl": name, "version": ".".join(map(str, version)),
-                  "standard": "%d.%d" % MPI.Get_version(),
-                  "library_version": MPI.Get_library_version().strip(),
-                  "mpi4py": mpi4py.__version__}))
+from pycomm.info import describe_mpi
+print(json.dumps(describe_mpi(MPI)))
 """
+
+
+def describe_mpi(mpi: ModuleType) -> dict[str, Any]:
+    """Implementation, version and standard of an ``mpi4py.MPI`` module (callable before MPI_Init)."""
+    import mpi4py
+
+    name, version = mpi.get_vendor()
+    major, minor = mpi.Get_version()
+    library_version = mpi.Get_library_version().strip()
+    return {
+        "available": True,
+        "impl": name,
+        "version": ".".join(map(str, version)),
+        "standard": f"{major}.{minor}",
+        "library_version": library_version.splitlines()[0] if library_version else "",
+        "mpi4py": mpi4py.__version__,
+        "mpiexec": shutil.which("mpiexec"),
+    }
 
 
 def _mpi_runtime() -> dict[str, Any]:
     try:
-        import mpi4py
+        import mpi4py  # noqa: F401  (only to learn whether it is installed)
     except ImportError:
         return {"available": False, "reason": 'mpi4py is not installed (pip install "pycomm[mpi]")'}
     loaded = sys.modules.get("mpi4py.MPI")
     if loaded is not None:
-        name, version = loaded.get_vendor()
-        found = {
-            "impl": name,
-            "version": ".".join(map(str, version)),
-            "standard": "%d.%d" % loaded.Get_version(),
-            "library_version": loaded.Get_library_version().strip(),
-            "mpi4py": mpi4py.__version__,
-        }
-    else:
-        probe = subprocess.run(
-            [sys.executable, "-c", _MPI_PROBE], capture_output=True, text=True, timeout=60, check=False
-        )
-        if probe.returncode != 0:
-            return {"available": False, "reason": f"mpi4py could not load an MPI library: {probe.stderr.strip()}"}
-        found = json.loads(probe.stdout)
-    first_line = found["library_version"].splitlines()[0] if found["library_version"] else ""
-    found["library_version"] = first_line
-    found["available"] = True
-    found["mpiexec"] = shutil.which("mpiexec")
-    return found
+        return describe_mpi(loaded)
+    probe = subprocess.run(
+        [sys.executable, "-c", _MPI_PROBE], capture_output=True, text=True, timeout=60, check=False
+    )
+    if probe.returncode != 0:
+        return {"available": False, "reason": f"mpi4py could not load an MPI library: {probe.stderr.strip()}"}
+    return json.loads(probe.stdout)
 
 
 def _cuda_runtime(build: dict[str, Any]) -> dict[str, Any]:

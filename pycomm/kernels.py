@@ -16,8 +16,9 @@ Numeric rules (identical on every machine, so every peer computes the same bytes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,9 @@ def accumulate(acc: np.ndarray, src: Any, op: str = "sum", dtype: str | None = N
     _k.accumulate(acc, s, op, name)
 
 
-def finalize(acc: np.ndarray, dtype: str, op: str = "sum", contributions: int = 1, out: Any = None) -> np.ndarray:
+def finalize(
+    acc: np.ndarray, dtype: str, op: str = "sum", contributions: int = 1, out: Any = None
+) -> np.ndarray:
     """Ends a streaming reduction: the accumulator rounded to ``dtype`` (``avg`` divides by
     ``contributions``)."""
     result = empty(acc.shape, dtype) if out is None else out
@@ -164,14 +167,18 @@ def quantize(
     """
     s, name = as_array(x, "x", dtype)
     if scheme not in QUANT_SCHEMES:
-        raise InvalidArgumentError(f"unsupported quantization scheme '{scheme}'; supported: {', '.join(QUANT_SCHEMES)}")
+        raise InvalidArgumentError(
+            f"unsupported quantization scheme '{scheme}'; supported: {', '.join(QUANT_SCHEMES)}"
+        )
     if not isinstance(block_size, (int, np.integer)) or block_size <= 0:
         raise InvalidArgumentError(f"block_size must be a positive integer, got {block_size!r}")
     if not 0 <= seed < 2**64:
         raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
     count = s.size
     blocks = -(-count // block_size)
-    data = np.empty((count + 1) // 2 if scheme == "int4" else count, np.int8 if scheme == "int8" else np.uint8)
+    data = np.empty(
+        (count + 1) // 2 if scheme == "int4" else count, np.int8 if scheme == "int8" else np.uint8
+    )
     scales = np.empty(blocks, np.float32)
     zero_points = np.empty(blocks, np.float32) if scheme == "uint8" else None
     _k.quantize(s.reshape(-1), name, data, scales, zero_points, scheme, int(block_size), rounding, int(seed))
@@ -226,8 +233,10 @@ def _hash64_device(interface: dict[str, Any], seed: int) -> int:
         if not contiguous:
             raise InvalidArgumentError("data: a GPU array must be C-contiguous to be hashed")
     if not core.build_info()["cuda"]:
-        raise NotSupportedError("hashing GPU memory needs the CUDA part of pycomm, which this build does not have "
-                                "(no CUDA compiler was found when it was built)")
+        raise NotSupportedError(
+            "hashing GPU memory needs the CUDA part of pycomm, which this build does not have "
+            "(no CUDA compiler was found when it was built)"
+        )
     from pycomm import _cuda
 
     length = int(np.prod(shape, dtype=np.int64)) * itemsize

@@ -52,7 +52,10 @@ def test_build_found_mpich_headers_from_the_wheel() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="mpi4py is not installed")
 def test_mpi_runtime_is_mpich_5_and_info_leaves_mpi_uninitialised(tmp_path: Path) -> None:
-    code = "import json, sys, pycomm; r = pycomm.info()['mpi']; print(json.dumps([r, 'mpi4py.MPI' in sys.modules]))"
+    code = (
+        "import json, sys, pycomm\n"
+        "print(json.dumps([pycomm.info()['mpi'], 'mpi4py.MPI' in sys.modules]))"
+    )
     child = run_python(code, tmp_path)
     assert child.returncode == 0, child.stderr
     mpi, mpi_loaded = json.loads(child.stdout)

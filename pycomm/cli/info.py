@@ -37,18 +37,25 @@ def run(args: argparse.Namespace) -> int:
             else "not found at build time"
         ),
         "  MPI runtime  "
-        + _status(mpi, f"{mpi.get('impl')} {mpi.get('version')} via mpi4py {mpi.get('mpi4py')}; "
-                  f"mpiexec: {mpi.get('mpiexec')}"),
+        + _status(
+            mpi,
+            f"{mpi.get('impl')} {mpi.get('version')} via mpi4py {mpi.get('mpi4py')}; "
+            f"mpiexec: {mpi.get('mpiexec')}",
+        ),
         "  CUDA         "
         + (
             f"built (nvcc {cuda['compiler_version']}); "
-            + (f"{cuda['devices']} device(s), first: {cuda.get('device_name')}" if cuda["devices"]
-               else f"no usable device ({cuda.get('reason')})")
+            + (
+                f"{cuda['devices']} device(s), first: {cuda.get('device_name')}"
+                if cuda["devices"]
+                else f"no usable device ({cuda.get('reason')})"
+            )
             if cuda["built"]
             else f"not built ({cuda.get('reason')})"
         ),
         "  torch        " + _status(torch, f"{torch.get('version')} (gloo: {torch.get('gloo')})"),
-        "  interposer   " + (report["interposer"]["path"] or f"not available ({report['interposer']['reason']})"),
+        "  interposer   "
+        + (report["interposer"]["path"] or f"not available ({report['interposer']['reason']})"),
     ]
     print("\n".join(lines))
     return 0

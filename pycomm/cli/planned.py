@@ -28,4 +28,6 @@ def register(subparsers: Any) -> None:
 
 
 def _not_yet(args: argparse.Namespace) -> int:
-    raise NotSupportedError(f"'pycomm {args.command}' ({args.purpose}) is not part of this version of pycomm yet")
+    raise NotSupportedError(
+        f"'pycomm {args.command}' ({args.purpose}) is not part of this version of pycomm yet"
+    )
