@@ -7,7 +7,9 @@ the missing package and the command that installs it.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
+import sysconfig
 from types import ModuleType
 
 from pycomm.errors import MissingDependencyError
@@ -33,10 +35,18 @@ def require_mpi4py(feature: str) -> ModuleType:
     return _require("mpi4py", feature)
 
 
+def find_mpiexec() -> str | None:
+    """Path of ``mpiexec``, or None. The copy beside this interpreter (the mpich wheel's, matching the
+    ``libmpi`` that this environment's mpi4py loads) wins over ``PATH``, so that a program started as
+    ``venv/bin/python`` without activating the environment still finds it."""
+    beside = os.path.join(sysconfig.get_path("scripts"), "mpiexec")
+    return beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
+
+
 def require_mpiexec(feature: str) -> str:
-    """Path of ``mpiexec``; the mpich wheel installs one beside the Python interpreter."""
+    """Path of ``mpiexec`` (see :func:`find_mpiexec`), for a feature that launches MPI jobs."""
     require_mpi4py(feature)
-    path = shutil.which("mpiexec")
+    path = find_mpiexec()
     if path is None:
         raise MissingDependencyError(feature, "mpiexec (an MPI launcher)", 'pip install "pycomm[mpi]"')
     return path

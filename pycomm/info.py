@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import subprocess
 import sys
 from types import ModuleType
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pycomm._deps import find_mpiexec
 from pycomm._native import core
 from pycomm.errors import NotSupportedError
 
@@ -44,7 +44,7 @@ def describe_mpi(mpi: ModuleType) -> dict[str, Any]:
         "standard": f"{major}.{minor}",
         "library_version": library_version.splitlines()[0] if library_version else "",
         "mpi4py": mpi4py.__version__,
-        "mpiexec": shutil.which("mpiexec"),
+        "mpiexec": find_mpiexec(),
     }
 
 

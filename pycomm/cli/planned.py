@@ -23,8 +23,7 @@ PLANNED = {
 def register(subparsers: Any) -> None:
     for name, purpose in PLANNED.items():
         parser = subparsers.add_parser(name, help=f"{purpose} (not in this version yet)")
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        parser.set_defaults(run=_not_yet, purpose=purpose)
+        parser.set_defaults(run=_not_yet, purpose=purpose, accepts_any_arguments=True)
 
 
 def _not_yet(args: argparse.Namespace) -> int:
