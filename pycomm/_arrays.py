@@ -53,11 +53,19 @@ def as_array(x: Any, role: str = "x", dtype: str | None = None) -> tuple[np.ndar
         )
     if name != "bfloat16" and x.dtype.name != name:
         raise InvalidArgumentError(f"{role}: array has dtype {x.dtype}, not {name}")
+    if not x.dtype.isnative:
+        # The kernels read native-endian elements; a byte-swapped array would be silently misread.
+        raise InvalidArgumentError(
+            f"{role}: array has non-native byte order (dtype '{x.dtype.str}'); "
+            "convert it with .astype(x.dtype.newbyteorder('='))"
+        )
     return x, name
 
 
 def storage_dtype(name: str) -> np.dtype:
     """The numpy dtype that stores pycomm dtype ``name`` (uint16 for bfloat16)."""
+    if name not in DTYPES:
+        raise InvalidArgumentError(f"unsupported dtype '{name}'; supported: {', '.join(DTYPES)}")
     return np.dtype(np.uint16) if name == "bfloat16" else np.dtype(name)
 
 

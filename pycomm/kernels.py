@@ -10,8 +10,10 @@ Numeric rules (identical on every machine, so every peer computes the same bytes
 - float16/bfloat16 are computed in float32 and rounded to nearest even when stored; a chain over
   several inputs (:func:`reduce`, :func:`accumulate`) keeps float32 and rounds once;
 - integer sum/prod wrap around like numpy; ``avg`` sums integers in 64 bits and truncates toward zero;
-- ``min``/``max`` follow numpy's ``minimum``/``maximum``: a NaN wins, ties keep the first operand;
-- NaN payloads are not preserved through float16/bfloat16 (a NaN stays a NaN).
+- ``min``/``max`` follow numpy's ``minimum``/``maximum``: a NaN wins, ties keep the first operand
+  (``min(+0.0, -0.0)`` is ``+0.0``);
+- a sum, product or average that is NaN is the positive quiet NaN, whatever NaNs went in (a
+  reduction of one input is a copy); NaN payloads are not preserved through float16/bfloat16.
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ __all__ = [
 ]
 
 
+def _flat(array: np.ndarray, role: str) -> np.ndarray:
+    """A 1-D view of a C-contiguous array. reshape() would copy anything else, and a copy of an
+    output is written and then lost; of an input, read in an order the caller did not ask for."""
+    if not array.flags.c_contiguous:
+        raise InvalidArgumentError(f"{role}: array must be C-contiguous")
+    return array.reshape(-1)
+
+
+def _check_same_shape(a: np.ndarray, b: np.ndarray, role_a: str, role_b: str) -> None:
+    if a.shape != b.shape:
+        raise InvalidArgumentError(f"{role_b} has shape {b.shape}, {role_a} has {a.shape}")
+
+
 def isa() -> str:
     """The instruction set the kernels run with on this CPU (``x86-64-v3`` or ``baseline``)."""
     return _k.isa()
@@ -79,6 +94,7 @@ def reduce_into(dst: Any, src: Any, op: str = "sum", dtype: str | None = None) -
     """``dst = dst (op) src`` in place, element-wise; ``op`` is sum, prod, min or max."""
     d, name = as_array(dst, "dst", dtype)
     s, _ = as_array(src, "src", name)
+    _check_same_shape(d, s, "dst", "src")
     _k.reduce_into(d, s, op, name)
 
 
@@ -114,7 +130,9 @@ def widen(src: Any, op: str = "sum", dtype: str | None = None) -> np.ndarray:
 def accumulate(acc: np.ndarray, src: Any, op: str = "sum", dtype: str | None = None) -> None:
     """``acc = acc (op) src`` in the accumulator's precision (``avg`` accumulates a sum)."""
     s, name = as_array(src, "src", dtype)
-    _k.accumulate(acc, s, op, name)
+    a, _ = as_array(acc, "acc", accumulator_dtype(name, op))
+    _check_same_shape(a, s, "acc", "src")
+    _k.accumulate(a, s, op, name)
 
 
 def finalize(
@@ -122,9 +140,11 @@ def finalize(
 ) -> np.ndarray:
     """Ends a streaming reduction: the accumulator rounded to ``dtype`` (``avg`` divides by
     ``contributions``)."""
-    result = empty(acc.shape, dtype) if out is None else out
+    a, _ = as_array(acc, "acc", accumulator_dtype(dtype, op))
+    result = empty(a.shape, dtype) if out is None else out
     o, _ = as_array(result, "out", dtype)
-    _k.finalize(o, acc, op, dtype, contributions)
+    _check_same_shape(a, o, "acc", "out")
+    _k.finalize(o, a, op, dtype, contributions)
     return result
 
 
@@ -181,7 +201,7 @@ def quantize(
     )
     scales = np.empty(blocks, np.float32)
     zero_points = np.empty(blocks, np.float32) if scheme == "uint8" else None
-    _k.quantize(s.reshape(-1), name, data, scales, zero_points, scheme, int(block_size), rounding, int(seed))
+    _k.quantize(_flat(s, "x"), name, data, scales, zero_points, scheme, int(block_size), rounding, int(seed))
     return Quantized(scheme, int(block_size), count, s.shape, data, scales, zero_points)
 
 
@@ -193,7 +213,7 @@ def dequantize(q: Quantized, out: Any = None, dtype: str = "float32", accumulate
     o, name = as_array(result, "out", None if out is not None and dtype == "float32" else dtype)
     if o.size != q.count:
         raise InvalidArgumentError(f"out has {o.size} elements, the quantized array {q.count}")
-    _k.dequantize(q.data, q.scales, q.zero_points, q.scheme, q.block_size, o.reshape(-1), name, accumulate)
+    _k.dequantize(q.data, q.scales, q.zero_points, q.scheme, q.block_size, _flat(o, "out"), name, accumulate)
     return result
 
 
@@ -202,7 +222,7 @@ def cast(x: Any, dtype: str, out: Any = None, src_dtype: str | None = None) -> n
     s, src_name = as_array(x, "x", src_dtype)
     result = empty(s.shape, dtype) if out is None else out
     o, _ = as_array(result, "out", dtype)
-    _k.cast(o.reshape(-1), dtype, s.reshape(-1), src_name)
+    _k.cast(_flat(o, "out"), dtype, _flat(s, "x"), src_name)
     return result
 
 

@@ -10,16 +10,48 @@
 
 #include "common/thread_pool.h"
 
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define PYCOMM_HAVE_MXCSR 1
+#endif
+
 namespace pycomm::kernels {
+
+// The kernels run in IEEE's default float environment whatever the caller set: round to nearest
+// even, no flush-to-zero, no denormals-are-zero. A caller that enabled flush-to-zero (for example
+// torch.set_flush_denormal(True)) would otherwise get different bytes than its peers, and worker
+// threads, which inherit the environment of whichever thread created them, different bytes than
+// the calling thread. Restores the caller's environment on exit.
+class IeeeFloatEnvironment {
+ public:
+#ifdef PYCOMM_HAVE_MXCSR
+  IeeeFloatEnvironment() : saved_(_mm_getcsr()) {
+    if (saved_ != kIeeeDefault) _mm_setcsr(kIeeeDefault);
+  }
+  ~IeeeFloatEnvironment() {
+    if (saved_ != kIeeeDefault) _mm_setcsr(saved_);
+  }
+
+ private:
+  static constexpr unsigned kIeeeDefault = 0x1f80;  // all exceptions masked, nearest, no FTZ/DAZ
+  unsigned saved_;
+#else
+  // Other architectures: the kernels rely on the caller keeping the default environment.
+  IeeeFloatEnvironment() = default;
+#endif
+  IeeeFloatEnvironment(const IeeeFloatEnvironment&) = delete;
+  IeeeFloatEnvironment& operator=(const IeeeFloatEnvironment&) = delete;
+};
 
 inline constexpr std::size_t kMinBytesPerTask = std::size_t{1} << 20;
 
-// Calls body(begin, end) over [0, count) in contiguous ranges whose boundaries are multiples of
+// Calls body(begin, end), in the IEEE float environment, over [0, count) in contiguous ranges whose boundaries are multiples of
 // `granule` elements; `bytes_per_element` counts every byte read or written for one element.
 template <typename Body>
 void parallel_ranges(std::size_t count, std::size_t bytes_per_element, std::size_t granule, Body&& body) {
   const std::size_t total_bytes = count * bytes_per_element;
   if (total_bytes < 2 * kMinBytesPerTask) {
+    IeeeFloatEnvironment environment;
     body(std::size_t{0}, count);
     return;
   }
@@ -32,6 +64,7 @@ void parallel_ranges(std::size_t count, std::size_t bytes_per_element, std::size
   pool->parallel_for(tasks, [&](std::size_t task) {
     const std::size_t begin = std::min(count, task * step);
     const std::size_t end = std::min(count, begin + step);
+    IeeeFloatEnvironment environment;
     if (begin < end) body(begin, end);
   });
 }

@@ -98,9 +98,11 @@ void quantize(const void* src, DType src_dtype, std::size_t count, const Quantiz
   if (bad != kNoBlock) {
     const std::size_t begin = bad * options.block_size;
     const std::size_t last = std::min(count, begin + options.block_size) - 1;
+    // Blocks are scaled in float32: a float64 value beyond its range is as unusable as infinity.
     PYCOMM_THROW(InvalidArgument, "quantize: block ", bad, " (elements ", begin, "..", last,
                  ") holds a NaN or an infinity",
-                 options.scheme == QuantScheme::uint8_minmax ? " or spans more than float32's range" : "",
+                 src_dtype == DType::f64 ? " or a float64 value beyond float32's range" : "",
+                 options.scheme == QuantScheme::uint8_minmax ? ", or spans more than float32's range" : "",
                  "; block quantization needs finite values");
   }
 }

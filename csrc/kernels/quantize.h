@@ -6,10 +6,13 @@
 //   uint8_minmax  q in [0, 255],    x ~ q * scale + zero_point,  scale = (max - min) / 255,
 //                                                                 zero_point = min
 // Rounding is to nearest (ties to even), so a round trip errs by at most scale / 2 per element,
-// or, with stochastic rounding, by less than scale (unbiased; the random stream is a pure function
-// of the seed and the element index, so every peer and the GPU draw the same numbers).
-// A block of zeros or of one repeated value gets scale 0 and is reproduced exactly. A block holding
-// a NaN or an infinity cannot be scaled: quantize() throws InvalidArgument naming the block.
+// or, with stochastic rounding, by less than scale (unbiased, and a value on the grid stays put; the
+// random stream is a pure function of the seed and the element index, so every peer and the GPU
+// draw the same numbers). Both bounds are up to float32 rounding, which for a block of subnormals
+// (whose scale is itself coarsely rounded) can add up to limit / 2 ulps of the scale.
+// A block of zeros gets scale 0 and is reproduced exactly; so, in uint8, does a block of one
+// repeated value (its zero point). A block holding a NaN or an infinity cannot be scaled:
+// quantize() throws InvalidArgument naming the block.
 #pragma once
 
 #include <cstddef>

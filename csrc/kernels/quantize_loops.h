@@ -143,9 +143,14 @@ bool range_of_block(const T* src, std::size_t n, float* low, float* high) {
   return largest_magnitude < 0x7f800000u;
 }
 
-// One quantized value: round(x / scale) (to nearest, or down after adding a uniform draw), clamped
-// to [low, high]. scale is never 0 here. The rounding mode is a template parameter so the loops do
-// not evaluate both modes and select (which the vectoriser would otherwise do).
+// One quantized value: round(x / scale) (to nearest, or stochastically), clamped to [low, high].
+// scale is never 0 here. The rounding mode is a template parameter so the loops do not evaluate
+// both modes and select (which the vectoriser would otherwise do).
+//
+// Stochastic rounding goes up with probability equal to the fraction of x / scale above the grid
+// point below it. The fraction is exact (Sterbenz: the grid point is within a factor of two of
+// x / scale, except in (-1, 0), where it errs by at most 2^-25), whereas floor(x / scale + u)
+// would round the sum to float first and so could move a value already on the grid up a step.
 template <Rounding mode>
 float quantize_value(float x, float scale, float low, float high, std::uint64_t seed, std::size_t index) {
   const float scaled = x / scale;
@@ -153,7 +158,8 @@ float quantize_value(float x, float scale, float low, float high, std::uint64_t 
   if constexpr (mode == Rounding::nearest) {
     q = round_nearest_even(scaled);
   } else {
-    q = round_down(scaled + uniform_from_counter(seed, index));
+    const float below = round_down(scaled);
+    q = uniform_from_counter(seed, index) < scaled - below ? below + 1.0f : below;
   }
   return q > high ? high : (q < low ? low : q);
 }

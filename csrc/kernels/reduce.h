@@ -5,7 +5,10 @@
 //     reduction (reduce(), or accumulate() + finalize()) keeps the float32 sum and rounds once;
 //   - integers wrap around on overflow, as numpy does; avg sums integers in 64 bits and divides
 //     with truncation toward zero;
-//   - min/max follow numpy: a NaN in either operand wins, and on a tie the first operand is kept;
+//   - min/max follow numpy: a NaN in either operand wins (the first when both are), and on a tie the
+//     first operand is kept, so min(+0, -0) is +0 (numpy's own choice there varies with its build);
+//   - a sum, product or average that is NaN is stored as the positive quiet NaN: CPUs disagree on
+//     which NaN an operation returns, and the bytes must not (a chain of one input is a copy);
 //   - inputs are combined strictly left to right.
 #pragma once
 

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "common/half.h"
@@ -19,14 +20,27 @@
 
 namespace pycomm::kernels::PYCOMM_KERNEL_ISA {
 
+// Which NaN an arithmetic operation returns (the sign of the NaN of inf - inf, the operand chosen
+// when both are NaN) differs between CPU families and even between builds whose compilers order
+// the operands differently. A NaN sum or product is therefore stored as the one positive quiet NaN,
+// so every peer writes the same bytes. (min/max select an operand, which is the same everywhere.)
+template <typename C>
+C canonical_nan(C value) {
+  if constexpr (std::is_floating_point_v<C>) {
+    return value != value ? std::numeric_limits<C>::quiet_NaN() : value;
+  } else {
+    return value;
+  }
+}
+
 struct SumOp {
   template <typename C>
-  static C apply(C a, C b) { return wrapping_add(a, b); }
+  static C apply(C a, C b) { return canonical_nan(wrapping_add(a, b)); }
 };
 
 struct ProdOp {
   template <typename C>
-  static C apply(C a, C b) { return wrapping_multiply(a, b); }
+  static C apply(C a, C b) { return canonical_nan(wrapping_multiply(a, b)); }
 };
 
 struct MinOp {
@@ -77,7 +91,9 @@ void narrow_average(T* out, const Acc* acc, std::size_t n, std::size_t contribut
   using E = Element<T>;
   const Acc divisor = static_cast<Acc>(contributions);
 #pragma GCC ivdep
-  for (std::size_t i = 0; i < n; ++i) out[i] = E::store(static_cast<typename E::Compute>(acc[i] / divisor));
+  for (std::size_t i = 0; i < n; ++i) {
+    out[i] = E::store(static_cast<typename E::Compute>(canonical_nan(acc[i] / divisor)));
+  }
 }
 
 // Runs body(OpType{}) for a non-average op.
