@@ -1,2 +1,206 @@
-"""``pycomm bench``: benchmarks that run pycomm and its anchor side by side (placeholder wiring; the
-harness lives in pycomm.benchmarks)."""
+"""``pycomm bench``: pycomm measured side by side with its anchors in one run.
+
+``bench reduce`` times the byte kernels every collective runs on (reductions, quantizers, casts, the
+content hash) against numpy, with memcpy of the same size as the bound. The harness and the cases
+live in :mod:`pycomm.benchmarks`; this module only reads options and writes the output. The other
+benchmarks of the documented interface are listed but fail clearly until they ship.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from pycomm import kernels
+from pycomm.cli.output import add_json_option, write_json
+from pycomm.errors import InvalidArgumentError, NotSupportedError
+
+if TYPE_CHECKING:
+    from pycomm.benchmarks import Bound, Case, CaseResult, Settings
+
+PLANNED = {
+    "allreduce": "all-reduce against MPICH (mpi4py), gloo and loopback TCP",
+    "pack": "datatype pack/unpack against MPI_Pack and memcpy",
+    "hier": "hierarchical all-gather / reduce-scatter against flat collectives",
+}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmarks: pycomm against its anchors, side by side",
+        description="Benchmarks that measure pycomm and its anchors in the same run and report ratios.",
+    )
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    _register_reduce(benchmarks)
+    for name, purpose in PLANNED.items():
+        planned = benchmarks.add_parser(
+            name,
+            help=f"{purpose} (not in this version yet)",
+            description=f"{purpose}: not part of this version of pycomm yet.",
+        )
+        # Future options are accepted and ignored, so any invocation reaches the clear message below.
+        planned.set_defaults(run=_not_yet, purpose=purpose, accepts_any_arguments=True)
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    raise NotSupportedError(
+        f"'pycomm bench {args.benchmark}' ({args.purpose}) is not part of this version of pycomm yet"
+    )
+
+
+def _register_reduce(benchmarks: Any) -> None:
+    from pycomm.benchmarks import reduce as suite
+    from pycomm.benchmarks.units import format_size
+
+    parser = benchmarks.add_parser(
+        "reduce",
+        help="reduction, quantizer, cast and hash kernels against numpy, memcpy as the bound",
+        description=(
+            "Times pycomm's byte kernels (reduce_into, quantize, dequantize, cast, hash64) and their "
+            "numpy/zlib/hashlib anchors in the same run, with np.copyto of the same size as the "
+            "memory-bandwidth bound. Reports medians, GB/s of bus bytes (read + written), ratios "
+            "pycomm/anchor and the fraction of memcpy."
+        ),
+    )
+    default_sizes = ",".join(format_size(s).replace(" ", "") for s in suite.DEFAULT_SIZES)
+    quick_sizes = ",".join(format_size(s).replace(" ", "") for s in suite.QUICK_SIZES)
+    parser.add_argument(
+        "--sizes",
+        metavar="LIST",
+        help=f"array sizes, comma-separated, binary units (default {default_sizes}; --quick: {quick_sizes})",
+    )
+    parser.add_argument(
+        "--dtypes",
+        metavar="LIST",
+        help=f"reduction dtypes (default {','.join(suite.DEFAULT_DTYPES)}; --quick: "
+        f"{','.join(suite.QUICK_DTYPES)}); any of {','.join(suite.DTYPES)}",
+    )
+    parser.add_argument(
+        "--ops",
+        metavar="LIST",
+        help=f"reduction ops, each run on every dtype (default {','.join(suite.DEFAULT_OPS)}; --quick: "
+        f"{','.join(suite.QUICK_OPS)})",
+    )
+    parser.add_argument(
+        "--kernels",
+        metavar="LIST",
+        default=",".join(suite.KERNELS),
+        help=f"kernel groups to run (default all: {','.join(suite.KERNELS)})",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="measured repetitions of each callable; figures are their medians (default 5; --quick: 3)",
+    )
+    parser.add_argument(
+        "--min-time-ms",
+        type=float,
+        metavar="MS",
+        help="shortest repetition; calls are repeated until one lasts this long (default 25; --quick: 2)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads one large pycomm kernel call may use during the run (default: pycomm's setting, "
+        "see pycomm.kernels.threads()); the numpy, zlib and hashlib anchors use one thread",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="few sizes, dtypes and short repetitions (tests, CI)"
+    )
+    add_json_option(parser)
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw bandwidth against size (log-log) into a PNG (needs matplotlib)",
+    )
+    parser.set_defaults(run=_run_reduce)
+
+
+def _split(text: str | None, default: tuple[str, ...]) -> list[str]:
+    if text is None:
+        return list(default)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _reduce_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line with --quick and the defaults applied (what the JSON records as options)."""
+    from pycomm.benchmarks import parse_sizes
+    from pycomm.benchmarks import reduce as suite
+
+    quick = args.quick
+    return {
+        "sizes": parse_sizes(args.sizes)
+        if args.sizes
+        else list(suite.QUICK_SIZES if quick else suite.DEFAULT_SIZES),
+        "dtypes": _split(args.dtypes, suite.QUICK_DTYPES if quick else suite.DEFAULT_DTYPES),
+        "ops": _split(args.ops, suite.QUICK_OPS if quick else suite.DEFAULT_OPS),
+        "kernels": _split(args.kernels, suite.KERNELS),
+        "repeat": args.repeat if args.repeat is not None else (3 if quick else 5),
+        "min_time_ms": args.min_time_ms if args.min_time_ms is not None else (2.0 if quick else 25.0),
+        "threads": args.threads if args.threads is not None else kernels.threads(),
+        "quick": quick,
+        "block_size": suite.BLOCK_SIZE,
+    }
+
+
+def _run_reduce(args: argparse.Namespace) -> int:
+    from pycomm.benchmarks import Settings, format_results, plot_bandwidth, results_to_json
+    from pycomm.benchmarks import reduce as suite
+
+    options = _reduce_options(args)
+    settings = Settings(repeat=options["repeat"], min_time_s=options["min_time_ms"] / 1000)
+    cases = suite.build_cases(options["sizes"], options["dtypes"], options["ops"], options["kernels"])
+    if args.plot:
+        # Fail before a run of minutes, not after it.
+        from pycomm._deps import require_matplotlib
+
+        require_matplotlib("pycomm bench --plot")
+        if args.plot == args.json:
+            raise InvalidArgumentError("--json and --plot name the same file")
+
+    machine, case_results = _measure(
+        cases, suite.build_bounds(options["sizes"]), settings, options["threads"]
+    )
+    if args.json:
+        payload = results_to_json("reduce", case_results, settings, machine, suite.DEFINITIONS, options)
+        write_json(args.json, payload)
+    if args.plot:
+        plot_bandwidth(case_results, args.plot, _title(machine))
+    if args.json != "-":
+        timing = (
+            f"{settings.repeat} repetitions of >= {options['min_time_ms']:g} ms each, interleaved; medians. "
+            f"pycomm may split a large call over up to {options['threads']} thread(s); the anchors use one"
+        )
+        print(format_results(case_results, [_title(machine), timing, *suite.TABLE_NOTES]))
+    return 0
+
+
+def _measure(
+    cases: list[Case], bounds: list[Bound], settings: Settings, threads: int
+) -> tuple[dict[str, Any], list[CaseResult]]:
+    """Runs the cases with the kernels limited to ``threads``; returns (machine info, results)."""
+    from pycomm.benchmarks import machine_info, run_benchmark
+
+    previous_threads = kernels.threads()
+    kernels.set_threads(threads)
+    try:
+        machine = machine_info()
+        case_results = run_benchmark(
+            cases, bounds, settings, progress=lambda line: print(line, file=sys.stderr, flush=True)
+        )
+    finally:
+        # main() is also called in-process (tests, scripts): leave the process as it was found.
+        kernels.set_threads(previous_threads)
+    return machine, case_results
+
+
+def _title(machine: dict[str, Any]) -> str:
+    return (
+        f"pycomm {machine['pycomm']} bench reduce: {machine['cpu_model']}, {machine['usable_cores']} usable "
+        f"core(s), kernels {machine['build']['kernel_isa_active']} on up to {machine['kernel_threads']} "
+        f"thread(s), numpy {machine['numpy']}, {machine['date']}"
+    )
