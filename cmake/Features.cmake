@@ -5,13 +5,16 @@ include(CheckCXXCompilerFlag)
 include(CheckLanguage)
 
 # --- instruction sets for the kernels -------------------------------------------------------------
-set(PYCOMM_KERNEL_ISAS "baseline")
 set(PYCOMM_HAVE_X86_64_V3 OFF)
+set(PYCOMM_HAVE_X86_64_V4 OFF)
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   check_cxx_compiler_flag("-march=x86-64-v3" PYCOMM_COMPILER_HAS_X86_64_V3)
+  check_cxx_compiler_flag("-march=x86-64-v4" PYCOMM_COMPILER_HAS_X86_64_V4)
   if(PYCOMM_COMPILER_HAS_X86_64_V3)
     set(PYCOMM_HAVE_X86_64_V3 ON)
-    list(APPEND PYCOMM_KERNEL_ISAS "x86-64-v3")
+  endif()
+  if(PYCOMM_COMPILER_HAS_X86_64_V4)
+    set(PYCOMM_HAVE_X86_64_V4 ON)
   endif()
 endif()
 

@@ -31,33 +31,50 @@ def _torch_to_numpy(tensor: Any, role: str) -> tuple[np.ndarray, str | None]:
     return tensor.detach().numpy(), None
 
 
+# Native-order numpy dtypes of the pycomm dtypes: a dict lookup is far cheaper per call than
+# dtype.name, and it also refuses byte-swapped arrays (their dtypes are different keys).
+_NAME_OF_DTYPE = {np.dtype(name): name for name in DTYPES if name != "bfloat16"}
+
+
+def _dtype_name(array: np.ndarray) -> str | None:
+    """The pycomm name of a native-order array dtype (ml_dtypes' bfloat16 included), or None."""
+    name = _NAME_OF_DTYPE.get(array.dtype)
+    if name is None and array.dtype.isnative and array.dtype.name == "bfloat16":
+        return "bfloat16"
+    return name
+
+
 def as_array(x: Any, role: str = "x", dtype: str | None = None) -> tuple[np.ndarray, str]:
     """Returns (numpy view of x, pycomm dtype name).
 
     ``dtype`` overrides the element type where numpy cannot say it (``"bfloat16"`` for uint16 bits).
     """
     declared = None
-    if type(x).__module__.split(".")[0] == "torch":
-        x, declared = _torch_to_numpy(x, role)
     if not isinstance(x, np.ndarray):
-        if hasattr(x, "__cuda_array_interface__"):
+        if type(x).__module__.split(".")[0] == "torch":
+            x, declared = _torch_to_numpy(x, role)
+        elif hasattr(x, "__cuda_array_interface__"):
             raise InvalidArgumentError(f"{role}: a CUDA array was given; these kernels take host memory")
-        x = np.asarray(x)
-    name = dtype or declared or x.dtype.name
-    if name not in DTYPES:
-        given = x.dtype if dtype is None else dtype
-        raise InvalidArgumentError(f"{role}: unsupported dtype '{given}'; supported: {', '.join(DTYPES)}")
-    if name == "bfloat16" and not (x.itemsize == 2 and x.dtype.kind in "uiV"):
-        raise InvalidArgumentError(
-            f"{role}: bfloat16 data must be 2-byte elements (uint16 bits), got {x.dtype}"
-        )
-    if name != "bfloat16" and x.dtype.name != name:
-        raise InvalidArgumentError(f"{role}: array has dtype {x.dtype}, not {name}")
+        else:
+            x = np.asarray(x)
+    found = _dtype_name(x)
+    name = dtype or declared or found
+    if name == found and name is not None:
+        return x, name
     if not x.dtype.isnative:
         # The kernels read native-endian elements; a byte-swapped array would be silently misread.
         raise InvalidArgumentError(
             f"{role}: array has non-native byte order (dtype '{x.dtype.str}'); "
             "convert it with .astype(x.dtype.newbyteorder('='))"
+        )
+    if name not in DTYPES:
+        given = x.dtype if dtype is None else dtype
+        raise InvalidArgumentError(f"{role}: unsupported dtype '{given}'; supported: {', '.join(DTYPES)}")
+    if name != "bfloat16":
+        raise InvalidArgumentError(f"{role}: array has dtype {x.dtype}, not {name}")
+    if not (x.itemsize == 2 and x.dtype.kind in "uiV"):
+        raise InvalidArgumentError(
+            f"{role}: bfloat16 data must be 2-byte elements (uint16 bits), got {x.dtype}"
         )
     return x, name
 

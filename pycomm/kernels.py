@@ -47,6 +47,7 @@ __all__ = [
     "quantize",
     "reduce",
     "reduce_into",
+    "runnable_isas",
     "set_threads",
     "threads",
     "widen",
@@ -67,8 +68,15 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, role_a: str, role_b: str) ->
 
 
 def isa() -> str:
-    """The instruction set the kernels run with on this CPU (``x86-64-v3`` or ``baseline``)."""
+    """The instruction set the kernels run with (``x86-64-v4``, ``x86-64-v3`` or ``baseline``): the
+    best this CPU supports, or the one named by the environment variable ``PYCOMM_KERNEL_ISA``."""
     return _k.isa()
+
+
+def runnable_isas() -> list[str]:
+    """The instruction sets of this build that this CPU can run, best first (all give the same
+    bytes; ``PYCOMM_KERNEL_ISA`` picks one for a process)."""
+    return _k.runnable_isas().split(",")
 
 
 def threads() -> int:

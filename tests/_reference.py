@@ -517,3 +517,19 @@ def run_kernels_elsewhere(
     with np.load(outputs_path) as loaded:
         outputs = dict(loaded)
     return stdout.strip().splitlines()[-1], outputs
+
+
+def run_on_every_isa(
+    body: str, inputs: dict[str, np.ndarray], directory: Path
+) -> dict[str, dict[str, np.ndarray]]:
+    """Runs ``body`` (see :func:`run_kernels_elsewhere`) once per instruction set this build has and
+    this CPU can run, each in its own fresh interpreter; returns each one's outputs by ISA name."""
+    import pycomm.kernels
+
+    results = {}
+    for isa in pycomm.kernels.runnable_isas():
+        ran_with, outputs = run_kernels_elsewhere(body, inputs, directory / isa, isa=isa)
+        assert ran_with == isa, f"asked for {isa}, the child ran {ran_with}"
+        results[isa] = outputs
+    assert "baseline" in results
+    return results

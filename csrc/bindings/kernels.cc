@@ -184,6 +184,7 @@ void bind_hash(py::module_& m) {
 
 void bind_kernels(py::module_& m) {
   m.def("isa", [] { return std::string(kernels::kernel_table().isa); });
+  m.def("runnable_isas", [] { return kernels::runnable_isas(); });
   m.def("threads", [] { return kernel_threads(); });
   m.def("set_threads", [](int threads) {
     py::gil_scoped_release release;  // joining the old pool waits for kernels on other threads

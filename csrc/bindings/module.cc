@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "bindings/errors.h"
+#include "kernels/kernel_table.h"
 #include "build_config.h"
 
 namespace py = pybind11;
@@ -23,7 +24,7 @@ PYBIND11_MODULE(_core, m) {
     info["version"] = PYCOMM_VERSION;
     info["compiler"] = PYCOMM_COMPILER;
     info["build_type"] = PYCOMM_BUILD_TYPE;
-    info["kernel_isas"] = PYCOMM_KERNEL_ISAS;
+    info["kernel_isas"] = pycomm::kernels::built_isas();
     info["mpi_headers"] = static_cast<bool>(PYCOMM_FEATURE_MPI);
     info["mpi_headers_version"] = PYCOMM_FEATURE_MPI_VERSION;
     info["mpi_headers_source"] = PYCOMM_FEATURE_MPI_SOURCE;

@@ -50,6 +50,11 @@ PYCOMM_HOST_DEVICE inline std::uint64_t avalanche(std::uint64_t h) {
   return h;
 }
 
+// With AVX2 but no AVX-512 the vectoriser emulates the 64-bit multiplies lane by lane, which runs at
+// half the speed of the plain scalar code (measured: 15.6 against 26 GB/s); AVX-512 has them.
+#if defined(__AVX2__) && !defined(__AVX512DQ__) && !defined(__CUDACC__)
+__attribute__((optimize("no-tree-vectorize")))
+#endif
 PYCOMM_HOST_DEVICE inline std::uint64_t hash_leaf(const unsigned char* bytes, std::size_t length, std::uint64_t leaf_index,
                                std::uint64_t seed) {
   constexpr int kLanes = 8;

@@ -1,14 +1,15 @@
 // Runtime choice of instruction set for the byte kernels.
 //
 // The loops in *_loops.h are compiled once per instruction set (isa_baseline.cc for the build
-// target, isa_x86_64_v3.cc for AVX2 + F16C + FMA where the compiler supports it). At first use the
-// best set the CPU supports is picked and its table is used for the life of the process. Every
-// set computes the same bytes: the build uses -ffp-contract=off, so no set fuses a multiply-add
-// that another rounds twice.
+// target; isa_x86_64_v3.cc for AVX2 + F16C + FMA and isa_x86_64_v4.cc for AVX-512, where the
+// compiler supports them). At first use the best set the CPU supports is picked and its table is
+// used for the life of the process. Every set computes the same bytes: the build uses
+// -ffp-contract=off, so no set fuses a multiply-add that another rounds twice.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "common/dtype.h"
@@ -36,14 +37,21 @@ struct KernelTable {
                              std::uint64_t seed);
 };
 
-// The table for the best instruction set this CPU supports (PYCOMM_KERNEL_ISA=baseline forces the
-// portable one, for comparisons).
+// The table for the best instruction set this CPU supports. PYCOMM_KERNEL_ISA=<name> picks another
+// (baseline, x86-64-v3, x86-64-v4), for comparisons; NotSupported if it cannot run here.
 const KernelTable& kernel_table();
+
+// Comma-separated names: every instruction set in this build / those this CPU can run.
+std::string built_isas();
+std::string runnable_isas();
 
 namespace baseline {
 KernelTable make_table();
 }
 namespace x86_64_v3 {
+KernelTable make_table();
+}
+namespace x86_64_v4 {
 KernelTable make_table();
 }
 
