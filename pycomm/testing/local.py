@@ -52,7 +52,7 @@ from pycomm.testing.process_tree import (
 )
 from pycomm.testing.results import JobFailed, JobTimeout, ProcessResult, format_outputs
 from pycomm.testing.targets import Target, describe, make_spec
-from pycomm.testing.workspace import CHILD_ENTRY_POINT, Workspace
+from pycomm.testing.workspace import CHILD_ENTRY_POINT, Workspace, read_text
 
 DEFAULT_TIMEOUT = 60.0
 _POLL_FIRST = 0.001
@@ -62,14 +62,6 @@ _POLL_MAX = 0.02
 _REAP_GRACE = 30.0
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _Found = TypeVar("_Found")
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
 
 
 class LocalProcess:
@@ -153,10 +145,10 @@ class LocalProcess:
 
     def read_stdout(self) -> str:
         """Everything the child has printed to standard output so far."""
-        return _read_text(self._stdout_path)
+        return read_text(self._stdout_path)
 
     def read_stderr(self) -> str:
-        return _read_text(self._stderr_path)
+        return read_text(self._stderr_path)
 
     # ----- signals -----
 
@@ -235,7 +227,7 @@ class LocalProcess:
         path = self._stdout_path if stream == "stdout" else self._stderr_path
 
         def find() -> re.Match[str] | None:
-            text = _read_text(path)
+            text = read_text(path)
             # Only whole lines: "PORT 12" must not match while "345\n" is still on its way.
             return regex.search(text[: text.rfind("\n") + 1])
 

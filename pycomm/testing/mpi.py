@@ -35,7 +35,7 @@ from pycomm.testing.results import (
     format_outputs,
 )
 from pycomm.testing.targets import Target, describe, make_spec
-from pycomm.testing.workspace import CHILD_ENTRY_POINT, Workspace
+from pycomm.testing.workspace import CHILD_ENTRY_POINT, Workspace, read_text
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -132,25 +132,17 @@ def _launch(
         launcher_pid=launcher.pid,
         returncode=returncode,
         ranks=[_rank_result(workspace, rank, returncode, elapsed, timed_out) for rank in range(nprocs)],
-        launcher_stdout=_read(workspace.path("mpiexec", "out")),
-        launcher_stderr=_read(workspace.path("mpiexec", "err")),
+        launcher_stdout=read_text(workspace.path("mpiexec", "out")),
+        launcher_stderr=read_text(workspace.path("mpiexec", "err")),
         elapsed=elapsed,
         timed_out=timed_out,
     )
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-
-
 def _rank_pids(workspace: Workspace, nprocs: int) -> list[tuple[int, int]]:
     pids = []
     for rank in range(nprocs):
-        text = _read(workspace.path(f"rank-{rank}", "pid")).strip()
+        text = read_text(workspace.path(f"rank-{rank}", "pid")).strip()
         if text:
             pids.append((rank, int(text)))
     return pids
@@ -160,8 +152,8 @@ def _rank_result(
     workspace: Workspace, rank: int, job_status: int | None, elapsed: float, timed_out: bool
 ) -> ProcessResult:
     name = f"rank-{rank}"
-    pid_text = _read(workspace.path(name, "pid")).strip()
-    status_text = _read(workspace.path(name, "exit")).strip()
+    pid_text = read_text(workspace.path(name, "pid")).strip()
+    status_text = read_text(workspace.path(name, "exit")).strip()
     if status_text:
         returncode: int | None = int(status_text)
     else:
@@ -173,8 +165,8 @@ def _rank_result(
         name=name,
         pid=int(pid_text) if pid_text else None,
         returncode=returncode,
-        stdout=_read(workspace.path(name, "out")),
-        stderr=_read(workspace.path(name, "err")),
+        stdout=read_text(workspace.path(name, "out")),
+        stderr=read_text(workspace.path(name, "err")),
         elapsed=elapsed,
         timed_out=timed_out and returncode is None,
         value=value,

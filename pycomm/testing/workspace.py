@@ -20,6 +20,15 @@ from pycomm.testing._child import record_path
 CHILD_ENTRY_POINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_child.py")
 
 
+def read_text(path: str) -> str:
+    """A child's output file as text ("" while it does not exist yet); undecodable bytes replaced."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
 class Workspace:
     """A fresh directory per launch: inside ``parent`` when given (kept afterwards, for example under
     pytest's ``tmp_path``), else a temporary directory removed by :meth:`cleanup`."""
