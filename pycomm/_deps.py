@@ -61,6 +61,5 @@ def require_cupy(feature: str) -> ModuleType:
 
 
 def require_matplotlib(feature: str) -> ModuleType:
-    _require("matplotlib", feature)
-    pyplot = importlib.import_module("matplotlib.pyplot")
-    return pyplot
+    """The ``matplotlib`` package; pyplot is not imported, so the caller's backend is left alone."""
+    return _require("matplotlib", feature)
