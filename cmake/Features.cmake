@@ -18,7 +18,7 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   endif()
 endif()
 
-# --- MPI: headers only (nothing links libmpi; see DESIGN.md) --------------------------------------
+# --- MPI: headers only (nothing links libmpi: MPI programs bring their own) ----------------------------------
 set(PYCOMM_FEATURE_MPI OFF)
 set(PYCOMM_FEATURE_MPI_SOURCE "")
 set(PYCOMM_FEATURE_MPI_VERSION "")
@@ -58,6 +58,10 @@ endif()
 set(PYCOMM_FEATURE_CUDA OFF)
 set(PYCOMM_FEATURE_CUDA_VERSION "")
 if(PYCOMM_CUDA)
+  # Set before the language is enabled, which would otherwise fix the compiler's own default.
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
+    set(CMAKE_CUDA_ARCHITECTURES "75-real;80-real;90-real;90-virtual")
+  endif()
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     enable_language(CUDA)

@@ -79,6 +79,22 @@ def as_array(x: Any, role: str = "x", dtype: str | None = None) -> tuple[np.ndar
     return x, name
 
 
+def as_output(x: Any, role: str = "out", dtype: str | None = None) -> tuple[np.ndarray, str]:
+    """Like :func:`as_array`, for a buffer the kernels write: it must be a numpy array or a torch
+    CPU tensor, because anything else (a list, say) would be copied and the result lost."""
+    if not isinstance(x, np.ndarray) and type(x).__module__.split(".")[0] != "torch":
+        kind = type(x).__name__
+        raise InvalidArgumentError(f"{role}: must be a numpy array or a torch CPU tensor, got {kind}")
+    return as_array(x, role, dtype)
+
+
+def check_integer(value: Any, role: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high]; floats and bools are refused rather than truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise InvalidArgumentError(f"{role} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
 def storage_dtype(name: str) -> np.dtype:
     """The numpy dtype that stores pycomm dtype ``name`` (uint16 for bfloat16)."""
     if name not in DTYPES:

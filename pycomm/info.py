@@ -11,6 +11,7 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 from types import ModuleType
 from typing import Any
 
@@ -56,12 +57,25 @@ def _mpi_runtime() -> dict[str, Any]:
     loaded = sys.modules.get("mpi4py.MPI")
     if loaded is not None:
         return describe_mpi(loaded)
-    probe = subprocess.run(
-        [sys.executable, "-c", _MPI_PROBE], capture_output=True, text=True, timeout=60, check=False
-    )
-    if probe.returncode != 0:
-        return {"available": False, "reason": f"mpi4py could not load an MPI library: {probe.stderr.strip()}"}
-    return json.loads(probe.stdout)
+    # From a neutral directory: `python -c` puts the working directory first on sys.path, and a
+    # source checkout's pycomm/ (which has no compiled core) must not shadow the installed one.
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _MPI_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tempfile.gettempdir(),
+        )
+        if probe.returncode == 0:
+            return json.loads(probe.stdout)
+        problem = probe.stderr.strip()
+    except subprocess.TimeoutExpired:
+        problem = "the probe did not finish within 60 s"
+    except json.JSONDecodeError:
+        problem = f"the probe printed something unexpected: {probe.stdout.strip()[:200]}"
+    return {"available": False, "reason": f"mpi4py could not load an MPI library: {problem}"}
 
 
 def _cuda_runtime(build: dict[str, Any]) -> dict[str, Any]:

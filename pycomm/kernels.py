@@ -13,7 +13,10 @@ Numeric rules (identical on every machine, so every peer computes the same bytes
 - ``min``/``max`` follow numpy's ``minimum``/``maximum``: a NaN wins, ties keep the first operand
   (``min(+0.0, -0.0)`` is ``+0.0``);
 - a sum, product or average that is NaN is the positive quiet NaN, whatever NaNs went in (a
-  reduction of one input is a copy); NaN payloads are not preserved through float16/bfloat16.
+  reduction of one input with sum, prod, min or max is a plain copy); NaN payloads are not preserved
+  through float16/bfloat16;
+- the 64-bit sum behind an int64/uint64 ``avg`` wraps like any int64 sum, so averages of values
+  near the type's limits overflow; use a float dtype for those.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pycomm._arrays import as_array, empty
+from pycomm._arrays import as_array, as_output, check_integer, empty
 from pycomm._native import core
 from pycomm.errors import InvalidArgumentError, NotSupportedError
 
@@ -88,9 +91,7 @@ def threads() -> int:
 def set_threads(threads: int) -> None:
     """Sets how many threads one large kernel call may use (1: only the calling thread). Results do
     not depend on it: every kernel is element-wise or block-wise."""
-    if not isinstance(threads, (int, np.integer)) or not 1 <= threads <= 1024:
-        raise InvalidArgumentError(f"threads must be an integer in [1, 1024], got {threads!r}")
-    _k.set_threads(int(threads))
+    _k.set_threads(check_integer(threads, "threads", 1, 1024))
 
 
 def accumulator_dtype(dtype: str, op: str = "sum") -> str:
@@ -100,7 +101,7 @@ def accumulator_dtype(dtype: str, op: str = "sum") -> str:
 
 def reduce_into(dst: Any, src: Any, op: str = "sum", dtype: str | None = None) -> None:
     """``dst = dst (op) src`` in place, element-wise; ``op`` is sum, prod, min or max."""
-    d, name = as_array(dst, "dst", dtype)
+    d, name = as_output(dst, "dst", dtype)
     s, _ = as_array(src, "src", name)
     _check_same_shape(d, s, "dst", "src")
     _k.reduce_into(d, s, op, name)
@@ -120,7 +121,7 @@ def reduce(inputs: Sequence[Any], op: str = "sum", out: Any = None, dtype: str |
         if array.shape != first.shape:
             raise InvalidArgumentError(f"inputs[{k}] has shape {array.shape}, inputs[0] has {first.shape}")
     result = empty(first.shape, name, like=first) if out is None else out
-    o, _ = as_array(result, "out", name)
+    o, _ = as_output(result, "out", name)
     if o.shape != first.shape:
         raise InvalidArgumentError(f"out has shape {o.shape}, the inputs have {first.shape}")
     _k.reduce(o, arrays, op, name)
@@ -138,7 +139,7 @@ def widen(src: Any, op: str = "sum", dtype: str | None = None) -> np.ndarray:
 def accumulate(acc: np.ndarray, src: Any, op: str = "sum", dtype: str | None = None) -> None:
     """``acc = acc (op) src`` in the accumulator's precision (``avg`` accumulates a sum)."""
     s, name = as_array(src, "src", dtype)
-    a, _ = as_array(acc, "acc", accumulator_dtype(name, op))
+    a, _ = as_output(acc, "acc", accumulator_dtype(name, op))
     _check_same_shape(a, s, "acc", "src")
     _k.accumulate(a, s, op, name)
 
@@ -150,9 +151,9 @@ def finalize(
     ``contributions``)."""
     a, _ = as_array(acc, "acc", accumulator_dtype(dtype, op))
     result = empty(a.shape, dtype) if out is None else out
-    o, _ = as_array(result, "out", dtype)
+    o, _ = as_output(result, "out", dtype)
     _check_same_shape(a, o, "acc", "out")
-    _k.finalize(o, a, op, dtype, contributions)
+    _k.finalize(o, a, op, dtype, check_integer(contributions, "contributions", 1, 2**63 - 1))
     return result
 
 
@@ -198,10 +199,8 @@ def quantize(
         raise InvalidArgumentError(
             f"unsupported quantization scheme '{scheme}'; supported: {', '.join(QUANT_SCHEMES)}"
         )
-    if not isinstance(block_size, (int, np.integer)) or block_size <= 0:
-        raise InvalidArgumentError(f"block_size must be a positive integer, got {block_size!r}")
-    if not 0 <= seed < 2**64:
-        raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
+    block_size = check_integer(block_size, "block_size", 1, 2**30)
+    seed = check_integer(seed, "seed", 0, 2**64 - 1)
     count = s.size
     blocks = -(-count // block_size)
     data = np.empty(
@@ -209,8 +208,8 @@ def quantize(
     )
     scales = np.empty(blocks, np.float32)
     zero_points = np.empty(blocks, np.float32) if scheme == "uint8" else None
-    _k.quantize(_flat(s, "x"), name, data, scales, zero_points, scheme, int(block_size), rounding, int(seed))
-    return Quantized(scheme, int(block_size), count, s.shape, data, scales, zero_points)
+    _k.quantize(_flat(s, "x"), name, data, scales, zero_points, scheme, block_size, rounding, seed)
+    return Quantized(scheme, block_size, count, s.shape, data, scales, zero_points)
 
 
 def dequantize(q: Quantized, out: Any = None, dtype: str = "float32", accumulate: bool = False) -> np.ndarray:
@@ -218,7 +217,7 @@ def dequantize(q: Quantized, out: Any = None, dtype: str = "float32", accumulate
     if accumulate and out is None:
         raise InvalidArgumentError("accumulate=True needs out, the float32 array to add into")
     result = empty(q.shape, dtype) if out is None else out
-    o, name = as_array(result, "out", None if out is not None and dtype == "float32" else dtype)
+    o, name = as_output(result, "out", None if out is not None and dtype == "float32" else dtype)
     if o.size != q.count:
         raise InvalidArgumentError(f"out has {o.size} elements, the quantized array {q.count}")
     _k.dequantize(q.data, q.scales, q.zero_points, q.scheme, q.block_size, _flat(o, "out"), name, accumulate)
@@ -229,7 +228,8 @@ def cast(x: Any, dtype: str, out: Any = None, src_dtype: str | None = None) -> n
     """Converts between float16, bfloat16, float32 and float64, rounding to nearest even."""
     s, src_name = as_array(x, "x", src_dtype)
     result = empty(s.shape, dtype) if out is None else out
-    o, _ = as_array(result, "out", dtype)
+    o, _ = as_output(result, "out", dtype)
+    _check_same_shape(s, o, "x", "out")
     _k.cast(_flat(o, "out"), dtype, _flat(s, "x"), src_name)
     return result
 
@@ -237,16 +237,28 @@ def cast(x: Any, dtype: str, out: Any = None, src_dtype: str | None = None) -> n
 def hash64(data: Any, seed: int = 0) -> int:
     """pycomm's 64-bit content hash of a C-contiguous buffer's bytes (version ``HASH_VERSION``).
 
-    The same value on every machine, run and thread count, and for GPU arrays (anything with
-    ``__cuda_array_interface__``, hashed on the device when the CUDA part is built); not cryptographic.
+    The same value on every machine, run and thread count, and for GPU arrays (cupy, torch CUDA
+    tensors, anything with ``__cuda_array_interface__``), which are hashed on their device when the
+    CUDA part is built; not cryptographic.
     """
-    if not 0 <= seed < 2**64:
-        raise InvalidArgumentError(f"seed must be in [0, 2**64), got {seed}")
-    if hasattr(data, "__cuda_array_interface__"):
-        return _hash64_device(data.__cuda_array_interface__, seed)
+    seed = check_integer(seed, "seed", 0, 2**64 - 1)
     if type(data).__module__.split(".")[0] == "torch":
-        data, _ = as_array(data, "data")
-    return _k.hash64(data, seed)
+        if data.is_cuda:
+            return _hash64_device(data.detach().__cuda_array_interface__, seed)
+        if not data.is_contiguous():
+            raise InvalidArgumentError("data: buffer must be C-contiguous")
+        import torch
+
+        return _k.hash64(data.detach().reshape(-1).view(torch.uint8).numpy(), seed)
+    interface = getattr(data, "__cuda_array_interface__", None)
+    if interface is not None:
+        return _hash64_device(interface, seed)
+    try:
+        return _k.hash64(data, seed)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"data: hash64 takes a buffer (bytes, a numpy array, a tensor), got {type(data).__name__}"
+        ) from None
 
 
 def _hash64_device(interface: dict[str, Any], seed: int) -> int:
@@ -268,7 +280,9 @@ def _hash64_device(interface: dict[str, Any], seed: int) -> int:
     from pycomm import _cuda
 
     length = int(np.prod(shape, dtype=np.int64)) * itemsize
-    return _cuda.hash64(interface["data"][0], length, seed)
+    # Interface version 3 names the stream the producer wrote on; the hash is queued behind it.
+    stream = interface.get("stream") or 0
+    return _cuda.hash64(interface["data"][0], length, seed, stream)
 
 
 HASH_VERSION: int = _k.HASH_VERSION

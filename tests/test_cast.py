@@ -316,7 +316,7 @@ def test_cast_errors() -> None:
     with _raises(r"out: array has dtype float32, not float16"):
         kernels.cast(x, "float16", out=np.zeros(8, np.float32))
     out = np.full(7, 9.0, np.float16)
-    with _raises(r"out has 7 elements but x has 8"):
+    with _raises(r"out has shape \(7,\), x has \(8,\)"):
         kernels.cast(x, "float16", out=out)
     assert (out == 9).all()
 
@@ -340,6 +340,6 @@ def test_overlapping_buffers_are_refused() -> None:
     before = raw.copy()
     with _raises(r"cast: out and x overlap"):
         kernels.cast(raw[:8], "float16", out=raw[2:6].view(np.float16))
-    with _raises(r"cast: out and x are the same buffer"):
+    with _raises(r"cast: out and x overlap"):
         kernels.cast(raw[:8], "float16", out=raw[:4].view(np.float16))
     assert raw.tobytes() == before.tobytes()

@@ -52,10 +52,7 @@ def test_build_found_mpich_headers_from_the_wheel() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="mpi4py is not installed")
 def test_mpi_runtime_is_mpich_5_and_info_leaves_mpi_uninitialised(tmp_path: Path) -> None:
-    code = (
-        "import json, sys, pycomm\n"
-        "print(json.dumps([pycomm.info()['mpi'], 'mpi4py.MPI' in sys.modules]))"
-    )
+    code = "import json, sys, pycomm\nprint(json.dumps([pycomm.info()['mpi'], 'mpi4py.MPI' in sys.modules]))"
     child = run_python(code, tmp_path)
     assert child.returncode == 0, child.stderr
     mpi, mpi_loaded = json.loads(child.stdout)
@@ -125,3 +122,17 @@ def test_import_without_optional_dependencies(tmp_path: Path) -> None:
     reason, error = child.stdout.strip().splitlines()
     assert 'pip install "pycomm[mpi]"' in reason
     assert "mpi4py" in error and 'pip install "pycomm[mpi]"' in error
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="mpi4py is not installed")
+def test_info_finds_mpi_when_run_from_a_source_checkout(tmp_path: Path) -> None:
+    # A directory holding a `pycomm` package without the compiled core, like the repository root.
+    (tmp_path / "pycomm").mkdir()
+    (tmp_path / "pycomm" / "__init__.py").write_text("raise ImportError('source tree')\n")
+    # The console script imports the installed pycomm (its sys.path starts at its own directory).
+    script = Path(sys.executable).with_name("pycomm")
+    result = subprocess.run(
+        [str(script), "info", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["mpi"]["available"], result.stdout

@@ -449,17 +449,17 @@ def test_bad_quantize_arguments() -> None:
     with _raises(r"int4 packs two values a byte, so block_size must be even, got 7"):
         kernels.quantize(x, "int4", 7)
     for block_size in (0, -4, 2.5, "8"):
-        with _raises(r"block_size must be a positive integer"):
+        with _raises(r"block_size must be an integer in \[1, 1073741824\]"):
             kernels.quantize(x, "int8", block_size)
-    with _raises(r"too large"):
+    with _raises(r"block_size must be an integer in \[1, 1073741824\], got 1099511627776"):
         kernels.quantize(x, "int8", 2**40)
     with _raises(r"unsupported quantization scheme 'int2'; supported: int8, int4, uint8"):
         kernels.quantize(x, "int2")
     with _raises(r"unsupported rounding 'up'; supported: nearest, stochastic"):
         kernels.quantize(x, "int8", 8, "up")
-    with _raises(r"seed must be in \[0, 2\*\*64\)"):
+    with _raises(r"seed must be an integer in \[0, 18446744073709551615\]"):
         kernels.quantize(x, seed=-1)
-    with _raises(r"seed must be in \[0, 2\*\*64\)"):
+    with _raises(r"seed must be an integer in \[0, 18446744073709551615\]"):
         kernels.quantize(x, seed=2**64)
     with _raises(r"the input must be a float dtype .* got int32"):
         kernels.quantize(np.ones(16, np.int32))
@@ -594,3 +594,12 @@ def test_error_messages_name_the_scheme_sizes() -> None:
     bad = kernels.Quantized("int4", 4, 9, (9,), np.zeros(4, np.uint8), q.scales, None)
     with pytest.raises(InvalidArgumentError, match=re.escape("data: 9 elements in int4 need 5 bytes, got 4")):
         kernels.dequantize(bad)
+
+
+def test_quantize_outputs_and_input_must_not_overlap() -> None:
+    buffer = np.zeros(1024, np.uint8)
+    x = buffer[:512].view(np.float32)  # 128 floats in bytes 0..511
+    data = buffer[256:384]  # the 128 quantized bytes would land inside x
+    scales = np.zeros(1, np.float32)
+    with pytest.raises(InvalidArgumentError, match="quantize: x and data overlap"):
+        kernels._k.quantize(x, "float32", data.view(np.int8), scales, None, "int8", 128, "nearest", 0)

@@ -9,9 +9,10 @@ namespace {
 
 // numpy kinds that may hold `dtype`: bfloat16 has no numpy type, so it travels as 2-byte integers
 // (or ml_dtypes' void-kind bfloat16).
-bool kind_matches(char kind, DType dtype) {
+bool kind_matches(const py::dtype& numpy_dtype, DType dtype) {
+  const char kind = numpy_dtype.kind();
   switch (dtype) {
-    case DType::bf16: return kind == 'u' || kind == 'i' || kind == 'V';
+    case DType::bf16: return kind == 'u' || kind == 'i' || (kind == 'V' && !numpy_dtype.has_fields());
     case DType::f16:
     case DType::f32:
     case DType::f64: return kind == 'f';
@@ -22,9 +23,8 @@ bool kind_matches(char kind, DType dtype) {
 }  // namespace
 
 ArrayView view_array(const py::array& array, DType dtype, bool writable, std::string_view role) {
-  const char kind = array.dtype().kind();
   const auto itemsize = static_cast<std::size_t>(array.itemsize());
-  PYCOMM_ENFORCE(kind_matches(kind, dtype) && itemsize == dtype_size(dtype), role, ": array of numpy dtype '",
+  PYCOMM_ENFORCE(kind_matches(array.dtype(), dtype) && itemsize == dtype_size(dtype), role, ": array of numpy dtype '",
                  std::string(py::str(array.dtype())), "' cannot hold ", dtype_name(dtype));
   PYCOMM_ENFORCE(array.flags() & py::array::c_style, role, ": array must be C-contiguous");
   PYCOMM_ENFORCE(!writable || array.writeable(), role, ": array is read-only");
@@ -42,7 +42,8 @@ ArrayView view_bytes(const py::buffer_info& info, std::string_view role) {
     expected_stride *= info.shape[axis];
     bytes *= static_cast<std::size_t>(info.shape[axis]);
   }
-  return ArrayView{info.ptr, bytes / static_cast<std::size_t>(info.itemsize), bytes};
+  const auto itemsize = static_cast<std::size_t>(info.itemsize);
+  return ArrayView{info.ptr, itemsize == 0 ? 0 : bytes / itemsize, bytes};
 }
 
 }  // namespace pycomm::bindings

@@ -27,9 +27,10 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def(
       "hash64",
-      [](std::uintptr_t device_pointer, std::size_t length, std::uint64_t seed) {
+      [](std::uintptr_t device_pointer, std::size_t length, std::uint64_t seed, std::uintptr_t stream) {
         py::gil_scoped_release release;
-        return pycomm::kernels::cuda::hash64_device(reinterpret_cast<const void*>(device_pointer), length, seed);
+        return pycomm::kernels::cuda::hash64_device(reinterpret_cast<const void*>(device_pointer), length, seed,
+                                                    stream);
       },
-      py::arg("device_pointer"), py::arg("length"), py::arg("seed") = 0);
+      py::arg("device_pointer"), py::arg("length"), py::arg("seed") = 0, py::arg("stream") = 0);
 }

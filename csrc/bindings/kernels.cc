@@ -59,25 +59,21 @@ void bind_reductions(py::module_& m) {
     kernels::reduce(o.data, pointers.data(), pointers.size(), o.count, dtype, op);
   });
 
-  // acc has accumulator_dtype(dtype, op); the Python layer allocates it.
-  auto bind_streaming = [&m](const char* name, bool acc_is_output) {
-    m.def(name, [acc_is_output, name = std::string(name)](py::array acc, py::array src, const std::string& op_name,
-                                                          const std::string& dtype_name) {
+  // widen and accumulate: acc (accumulator_dtype(dtype, op), allocated by the Python layer) and src.
+  using StreamingKernel = void (*)(void*, const void*, std::size_t, DType, ReduceOp);
+  auto streaming = [](StreamingKernel kernel) {
+    return [kernel](py::array acc, py::array src, const std::string& op_name, const std::string& dtype_name) {
       const DType dtype = dtype_from_name(dtype_name);
       const ReduceOp op = kernels::reduce_op_from_name(op_name);
-      const ArrayView a = view_array(acc, kernels::accumulator_dtype(dtype, op), acc_is_output, "acc");
+      const ArrayView a = view_array(acc, kernels::accumulator_dtype(dtype, op), true, "acc");
       const ArrayView s = view_array(src, dtype, false, "src");
       check_same_count(a, s, "acc", "src");
       py::gil_scoped_release release;
-      if (name == "widen") {
-        kernels::widen(a.data, s.data, a.count, dtype, op);
-      } else {
-        kernels::accumulate(a.data, s.data, a.count, dtype, op);
-      }
-    });
+      kernel(a.data, s.data, a.count, dtype, op);
+    };
   };
-  bind_streaming("widen", true);
-  bind_streaming("accumulate", true);
+  m.def("widen", streaming(kernels::widen));
+  m.def("accumulate", streaming(kernels::accumulate));
 
   m.def("finalize", [](py::array out, py::array acc, const std::string& op_name, const std::string& dtype_name,
                        std::size_t contributions) {
@@ -159,11 +155,6 @@ void bind_quantizers(py::module_& m) {
     const ArrayView d = view_array(dst, dst_dtype, true, "out");
     const ArrayView s = view_array(src, src_dtype, false, "x");
     check_same_count(d, s, "out", "x");
-    PYCOMM_ENFORCE(d.data == s.data || d.bytes == 0 || s.bytes == 0 ||
-                       static_cast<const char*>(d.data) + d.bytes <= static_cast<const char*>(s.data) ||
-                       static_cast<const char*>(s.data) + s.bytes <= static_cast<const char*>(d.data),
-                   "cast: out and x overlap");
-    PYCOMM_ENFORCE(d.data != s.data || dst_dtype == src_dtype, "cast: out and x are the same buffer");
     py::gil_scoped_release release;
     kernels::cast(d.data, dst_dtype, s.data, src_dtype, d.count);
   });

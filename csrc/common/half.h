@@ -2,9 +2,9 @@
 //
 // The conversions are written as integer bit manipulation with selects rather than with F16C
 // intrinsics so that the compiler vectorises them on every target (the kernels are compiled once
-// per instruction set, see csrc/kernels/dispatch.h) and so that the GPU kernels can use the same
-// rules. Rounding is to nearest, ties to even. A NaN stays a NaN (its payload is not preserved);
-// a float too large for binary16 becomes infinity, as IEEE 754 prescribes.
+// per instruction set, see csrc/kernels/kernel_table.h) and every target gives the same bytes.
+// Rounding is to nearest, ties to even. A NaN stays a NaN (its payload is not preserved); a float
+// too large for binary16 becomes infinity, as IEEE 754 prescribes.
 #pragma once
 
 #include <cstdint>

@@ -32,12 +32,14 @@ class ThreadPool {
   int threads() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls task(i) for i in [0, tasks), spread over the workers and the calling thread. Rethrows
-  // the first exception a task threw, after every task has finished.
+  // the first exception a task threw, after every task has finished. A task must not call
+  // parallel_for() on the same pool.
   void parallel_for(std::size_t tasks, const std::function<void(std::size_t)>& task);
 
  private:
   void worker_loop();
   void run_tasks();
+  void stop_and_join();
 
   std::vector<std::thread> workers_;
   std::mutex submit_mutex_;
@@ -54,7 +56,8 @@ class ThreadPool {
 };
 
 // The process-wide pool for the kernels, sized by set_kernel_threads() or PYCOMM_KERNEL_THREADS
-// (default: the number of cores, at most 8).
+// (default: the cores this process may run on, at most 8). Throws when the environment variable is
+// not a count in [1, 1024] or the threads cannot be started.
 std::shared_ptr<ThreadPool> kernel_pool();
 
 // Resizes the kernels' pool (1 = no worker threads).

@@ -9,25 +9,15 @@
 namespace pycomm::kernels {
 namespace {
 
-std::uint64_t rotate_left(std::uint64_t x, int bits) { return (x << bits) | (x >> (64 - bits)); }
-
 class LeafFolder {
  public:
   LeafFolder(std::size_t length, std::uint64_t seed) : state_(seed + kHashPrime5 + static_cast<std::uint64_t>(length)) {}
 
   void add(std::uint64_t leaf_digest) {
-    state_ = rotate_left(state_ ^ (rotate_left(leaf_digest * kHashPrime2, 31) * kHashPrime1), 27) * kHashPrime1 + kHashPrime4;
+    state_ = hash_rotate_left(state_ ^ hash_mix_round(0, leaf_digest), 27) * kHashPrime1 + kHashPrime4;
   }
 
-  std::uint64_t finish() const {
-    std::uint64_t h = state_;
-    h ^= h >> 33;
-    h *= kHashPrime2;
-    h ^= h >> 29;
-    h *= kHashPrime3;
-    h ^= h >> 32;
-    return h;
-  }
+  std::uint64_t finish() const { return hash_avalanche(state_); }
 
  private:
   std::uint64_t state_;

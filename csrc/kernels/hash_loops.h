@@ -26,28 +26,19 @@
 
 namespace pycomm::kernels::PYCOMM_KERNEL_ISA {
 
-PYCOMM_HOST_DEVICE inline std::uint64_t rotate_left(std::uint64_t x, int bits) { return (x << bits) | (x >> (64 - bits)); }
-
+// On the GPU a word-aligned address is read with one 8-byte load (memcpy of unknown alignment would
+// become eight byte loads); leaves start 4 KiB apart, so either all of a leaf's words are aligned
+// or none is.
 PYCOMM_HOST_DEVICE inline std::uint64_t load_little_endian(const unsigned char* p) {
   std::uint64_t word;
+#ifdef __CUDA_ARCH__
+  if ((reinterpret_cast<std::uintptr_t>(p) & 7u) == 0) return *reinterpret_cast<const std::uint64_t*>(p);
+#endif
   std::memcpy(&word, p, sizeof word);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
   word = __builtin_bswap64(word);
 #endif
   return word;
-}
-
-PYCOMM_HOST_DEVICE inline std::uint64_t mix_round(std::uint64_t accumulator, std::uint64_t word) {
-  return rotate_left(accumulator + word * kHashPrime2, 31) * kHashPrime1;
-}
-
-PYCOMM_HOST_DEVICE inline std::uint64_t avalanche(std::uint64_t h) {
-  h ^= h >> 33;
-  h *= kHashPrime2;
-  h ^= h >> 29;
-  h *= kHashPrime3;
-  h ^= h >> 32;
-  return h;
 }
 
 // With AVX2 but no AVX-512 the vectoriser emulates the 64-bit multiplies lane by lane, which runs at
@@ -65,17 +56,17 @@ PYCOMM_HOST_DEVICE inline std::uint64_t hash_leaf(const unsigned char* bytes, st
 
   std::size_t offset = 0;
   for (; offset + kStripe <= length; offset += kStripe) {
-    for (int j = 0; j < kLanes; ++j) lanes[j] = mix_round(lanes[j], load_little_endian(bytes + offset + 8 * j));
+    for (int j = 0; j < kLanes; ++j) lanes[j] = hash_mix_round(lanes[j], load_little_endian(bytes + offset + 8 * j));
   }
   if (offset < length) {
     unsigned char tail[kStripe] = {};
     std::memcpy(tail, bytes + offset, length - offset);
-    for (int j = 0; j < kLanes; ++j) lanes[j] = mix_round(lanes[j], load_little_endian(tail + 8 * j));
+    for (int j = 0; j < kLanes; ++j) lanes[j] = hash_mix_round(lanes[j], load_little_endian(tail + 8 * j));
   }
 
   std::uint64_t digest = static_cast<std::uint64_t>(length) * kHashPrime5 + start;
-  for (int j = 0; j < kLanes; ++j) digest = (digest ^ mix_round(0, lanes[j])) * kHashPrime1 + kHashPrime4;
-  return avalanche(digest);
+  for (int j = 0; j < kLanes; ++j) digest = (digest ^ hash_mix_round(0, lanes[j])) * kHashPrime1 + kHashPrime4;
+  return hash_avalanche(digest);
 }
 
 }  // namespace pycomm::kernels::PYCOMM_KERNEL_ISA

@@ -20,15 +20,26 @@ struct Isa {
 bool always() { return true; }
 
 #if defined(__x86_64__) || defined(_M_X64)
+// The whole feature level the compiler may use with -march=x86-64-vN, not just its headline parts.
 bool cpu_has_x86_64_v3() {
   __builtin_cpu_init();
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+  return __builtin_cpu_supports("x86-64-v3");
+#else
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("bmi2");
+         __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("movbe");
+#endif
 }
 
 bool cpu_has_x86_64_v4() {
+  __builtin_cpu_init();
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+  return __builtin_cpu_supports("x86-64-v4");
+#else
   return cpu_has_x86_64_v3() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512cd");
+#endif
 }
 #endif
 

@@ -25,16 +25,18 @@ namespace pycomm::kernels {
 class IeeeFloatEnvironment {
  public:
 #ifdef PYCOMM_HAVE_MXCSR
-  IeeeFloatEnvironment() : saved_(_mm_getcsr()) {
-    if (saved_ != kIeeeDefault) _mm_setcsr(kIeeeDefault);
+  IeeeFloatEnvironment() : saved_(_mm_getcsr()), changed_((saved_ & kControlBits) != kIeeeDefault) {
+    if (changed_) _mm_setcsr(kIeeeDefault);
   }
   ~IeeeFloatEnvironment() {
-    if (saved_ != kIeeeDefault) _mm_setcsr(saved_);
+    if (changed_) _mm_setcsr(saved_);
   }
 
  private:
-  static constexpr unsigned kIeeeDefault = 0x1f80;  // all exceptions masked, nearest, no FTZ/DAZ
+  static constexpr unsigned kIeeeDefault = 0x1f80;   // all exceptions masked, nearest, no FTZ/DAZ
+  static constexpr unsigned kControlBits = ~0x3fu;  // everything but the sticky exception flags
   unsigned saved_;
+  bool changed_;
 #else
   // Other architectures: the kernels rely on the caller keeping the default environment.
   IeeeFloatEnvironment() = default;

@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include "common/error.h"
+#include "kernels/buffers.h"
 #include "kernels/kernel_table.h"
 #include "kernels/parallel.h"
 
@@ -73,8 +74,16 @@ void quantize(const void* src, DType src_dtype, std::size_t count, const Quantiz
   validate(options);
   PYCOMM_ENFORCE(!has_zero_points(options.scheme) || zero_points != nullptr || count == 0,
                  "quantize: uint8 needs a zero_points buffer");
-  const KernelTable& table = kernel_table();
   const std::size_t item = dtype_size(src_dtype);
+  const std::size_t blocks = quantized_block_count(count, options.block_size);
+  const std::size_t data_bytes = quantized_data_bytes(options.scheme, count);
+  const std::size_t zero_point_bytes = has_zero_points(options.scheme) ? blocks * sizeof(float) : 0;
+  check_disjoint({{src, count * item, "x"},
+                  {data, data_bytes, "data"},
+                  {scales, blocks * sizeof(float), "scales"},
+                  {zero_points, zero_point_bytes, "zero_points"}},
+                 "quantize");
+  const KernelTable& table = kernel_table();
   // Blocks are independent, so they are spread over threads; the first bad block is reported.
   std::atomic<std::size_t> first_bad{kNoBlock};
   parallel_ranges(count, item + 1, options.block_size, [&](std::size_t range_begin, std::size_t range_end) {
@@ -118,8 +127,14 @@ void dequantize(const void* data, const float* scales, const float* zero_points,
                  dtype_name(out_dtype));
   PYCOMM_ENFORCE(!has_zero_points(scheme) || zero_points != nullptr || count == 0,
                  "dequantize: uint8 needs zero_points");
-  const KernelTable& table = kernel_table();
   const std::size_t item = dtype_size(out_dtype);
+  const std::size_t blocks = quantized_block_count(count, block_size);
+  check_disjoint({{out, count * item, "out"},
+                  {data, quantized_data_bytes(scheme, count), "data"},
+                  {scales, blocks * sizeof(float), "scales"},
+                  {zero_points, has_zero_points(scheme) ? blocks * sizeof(float) : 0, "zero_points"}},
+                 "dequantize");
+  const KernelTable& table = kernel_table();
   parallel_ranges(count, item + 1, block_size, [&](std::size_t range_begin, std::size_t range_end) {
     for (std::size_t begin = range_begin; begin < range_end; begin += block_size) {
       const std::size_t block = begin / block_size;
@@ -136,6 +151,8 @@ void cast(void* dst, DType dst_dtype, const void* src, DType src_dtype, std::siz
   check_float(src_dtype, "cast: the input");
   const std::size_t dst_item = dtype_size(dst_dtype);
   const std::size_t src_item = dtype_size(src_dtype);
+  PYCOMM_ENFORCE(!partially_overlap(dst, count * dst_item, src, count * src_item, dst_dtype == src_dtype),
+                 "cast: out and x overlap", dst_dtype == src_dtype ? " without being the same buffer" : "");
   const KernelTable& table = kernel_table();
   parallel_ranges(count, dst_item + src_item, 64, [&](std::size_t begin, std::size_t end) {
     table.cast(static_cast<unsigned char*>(dst) + begin * dst_item, dst_dtype,

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "kernels/buffers.h"
 #include "kernels/kernel_table.h"
 #include "kernels/parallel.h"
 
@@ -17,6 +18,9 @@ constexpr std::array<std::string_view, 5> kOpNames = {"sum", "prod", "min", "max
 // stays in the L1 cache while every input streams through it.
 constexpr std::size_t kTileElements = 2048;
 
+// The divisor of avg is converted to the (possibly signed 64-bit) accumulator type.
+constexpr std::size_t kMaxContributions = (std::size_t{1} << 63) - 1;
+
 // Split points of a parallel call are multiples of this many elements (whole cache lines).
 constexpr std::size_t kGranule = 64;
 
@@ -26,12 +30,6 @@ void* offset(void* base, std::size_t elements, std::size_t item) {
 
 const void* offset(const void* base, std::size_t elements, std::size_t item) {
   return static_cast<const unsigned char*>(base) + elements * item;
-}
-
-bool overlaps(const void* a, const void* b, std::size_t bytes) {
-  const auto* x = static_cast<const unsigned char*>(a);
-  const auto* y = static_cast<const unsigned char*>(b);
-  return bytes != 0 && x < y + bytes && y < x + bytes;
 }
 
 void check_op(DType dtype, ReduceOp op) {
@@ -65,7 +63,7 @@ void reduce_into(void* dst, const void* src, std::size_t count, DType dtype, Red
   PYCOMM_ENFORCE(op != ReduceOp::avg,
                  "avg is not a pairwise operation; use reduce() over all inputs, or accumulate() + finalize()");
   const std::size_t item = dtype_size(dtype);
-  PYCOMM_ENFORCE(dst == src || !overlaps(dst, src, count * item),
+  PYCOMM_ENFORCE(!partially_overlap(dst, count * item, src, count * item, true),
                  "reduce_into: dst and src overlap without being the same buffer");
   const KernelTable& table = kernel_table();
   parallel_ranges(count, 3 * item, kGranule, [&](std::size_t begin, std::size_t end) {
@@ -113,8 +111,8 @@ void reduce(void* out, const void* const* inputs, std::size_t n_inputs, std::siz
   PYCOMM_ENFORCE(n_inputs > 0, "reduce needs at least one input");
   const std::size_t item = dtype_size(dtype);
   for (std::size_t k = 0; k < n_inputs; ++k) {
-    PYCOMM_ENFORCE(inputs[k] == out || !overlaps(inputs[k], out, count * item),
-                   "reduce: input ", k, " overlaps the output without being the same buffer");
+    PYCOMM_ENFORCE(!partially_overlap(inputs[k], count * item, out, count * item, true), "reduce: input ", k,
+                   " overlaps the output without being the same buffer");
   }
   const KernelTable& table = kernel_table();
   parallel_ranges(count, (n_inputs + 1) * item, kGranule, [&](std::size_t begin, std::size_t end) {
@@ -126,6 +124,8 @@ void widen(void* acc, const void* src, std::size_t count, DType dtype, ReduceOp 
   check_op(dtype, op);
   const std::size_t item = dtype_size(dtype);
   const std::size_t acc_item = dtype_size(accumulator_dtype(dtype, op));
+  PYCOMM_ENFORCE(!partially_overlap(acc, count * acc_item, src, count * item, acc_item == item),
+                 "widen: acc and src overlap without being the same buffer of one element type");
   const KernelTable& table = kernel_table();
   parallel_ranges(count, item + acc_item, kGranule, [&](std::size_t begin, std::size_t end) {
     table.widen(offset(acc, begin, acc_item), offset(src, begin, item), end - begin, dtype, op);
@@ -136,6 +136,8 @@ void accumulate(void* acc, const void* src, std::size_t count, DType dtype, Redu
   check_op(dtype, op);
   const std::size_t item = dtype_size(dtype);
   const std::size_t acc_item = dtype_size(accumulator_dtype(dtype, op));
+  PYCOMM_ENFORCE(!partially_overlap(acc, count * acc_item, src, count * item, acc_item == item),
+                 "accumulate: acc and src overlap without being the same buffer of one element type");
   const KernelTable& table = kernel_table();
   parallel_ranges(count, item + 2 * acc_item, kGranule, [&](std::size_t begin, std::size_t end) {
     table.accumulate(offset(acc, begin, acc_item), offset(src, begin, item), end - begin, dtype, op);
@@ -144,9 +146,12 @@ void accumulate(void* acc, const void* src, std::size_t count, DType dtype, Redu
 
 void finalize(void* out, const void* acc, std::size_t count, DType dtype, ReduceOp op, std::size_t contributions) {
   check_op(dtype, op);
-  PYCOMM_ENFORCE(op != ReduceOp::avg || contributions > 0, "finalize: avg needs at least one contribution");
+  PYCOMM_ENFORCE(op != ReduceOp::avg || (contributions > 0 && contributions <= kMaxContributions),
+                 "finalize: avg needs between 1 and 2^63 - 1 contributions, got ", contributions);
   const std::size_t item = dtype_size(dtype);
   const std::size_t acc_item = dtype_size(accumulator_dtype(dtype, op));
+  PYCOMM_ENFORCE(!partially_overlap(out, count * item, acc, count * acc_item, acc_item == item),
+                 "finalize: out and acc overlap without being the same buffer of one element type");
   const KernelTable& table = kernel_table();
   parallel_ranges(count, item + acc_item, kGranule, [&](std::size_t begin, std::size_t end) {
     table.narrow(offset(out, begin, item), offset(acc, begin, acc_item), end - begin, dtype, op, contributions);

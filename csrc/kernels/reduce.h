@@ -8,7 +8,9 @@
 //   - min/max follow numpy: a NaN in either operand wins (the first when both are), and on a tie the
 //     first operand is kept, so min(+0, -0) is +0 (numpy's own choice there varies with its build);
 //   - a sum, product or average that is NaN is stored as the positive quiet NaN: CPUs disagree on
-//     which NaN an operation returns, and the bytes must not (a chain of one input is a copy);
+//     which NaN an operation returns, and the bytes must not (a sum, prod, min or max of one input
+//     is a copy; an avg of one is divided by 1, so its NaNs become that NaN too);
+//   - the 64-bit sum of an integer avg wraps, so int64/uint64 averages near the limits overflow;
 //   - inputs are combined strictly left to right.
 #pragma once
 

@@ -1,4 +1,4 @@
-"""Commands of the documented CLI (DESIGN.md) that this version does not ship yet.
+"""Commands of the documented CLI that this version does not ship yet.
 
 They are listed in ``pycomm --help`` so the interface is visible, and each one fails with a clear
 message instead of pretending to work.

@@ -2,7 +2,6 @@
 
 #include <cuda_runtime.h>
 
-#include "common/error.h"
 
 namespace pycomm::kernels::cuda {
 
@@ -25,11 +24,6 @@ RuntimeStatus runtime_status() {
   cudaDeviceProp properties;
   if (cudaGetDeviceProperties(&properties, 0) == cudaSuccess) status.first_device = properties.name;
   return status;
-}
-
-void require_device() {
-  const RuntimeStatus status = runtime_status();
-  if (status.devices == 0) PYCOMM_THROW(NotSupported, "no usable CUDA device: ", status.reason);
 }
 
 }  // namespace pycomm::kernels::cuda

@@ -1,5 +1,5 @@
-// What the CUDA runtime can see on this machine, and the device-memory helpers the kernels share.
-// Nothing here throws when no GPU is present: runtime_status() reports why instead.
+// What the CUDA runtime can see on this machine. runtime_status() never throws: when no GPU is
+// usable it says why.
 #pragma once
 
 #include <string>
@@ -15,8 +15,5 @@ struct RuntimeStatus {
 };
 
 RuntimeStatus runtime_status();
-
-// Throws NotSupported naming the reason when no CUDA device is usable.
-void require_device();
 
 }  // namespace pycomm::kernels::cuda

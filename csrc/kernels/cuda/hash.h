@@ -7,7 +7,10 @@
 
 namespace pycomm::kernels::cuda {
 
-// `data` is a device pointer (or managed memory). Synchronous on the default stream.
-std::uint64_t hash64_device(const void* data, std::size_t length, std::uint64_t seed);
+// `data` is device (or managed) memory of any device; the hash runs on that device. `stream` is
+// the stream the data was written on, as __cuda_array_interface__ gives it (0: none given, 1: the
+// legacy default stream, 2: the per-thread default stream, else a cudaStream_t): the hash is queued
+// behind that work. Returns when the hash is done. Throws NotSupported when no GPU is usable.
+std::uint64_t hash64_device(const void* data, std::size_t length, std::uint64_t seed, std::uintptr_t stream);
 
 }  // namespace pycomm::kernels::cuda
