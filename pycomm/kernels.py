@@ -84,7 +84,7 @@ def runnable_isas() -> list[str]:
 
 def threads() -> int:
     """Threads one large kernel call may use (default: the number of cores, at most 8, or
-    ``PYCOMM_KERNEL_THREADS``). Calls under 2 MiB always run on the calling thread alone."""
+    ``PYCOMM_KERNEL_THREADS``). Calls that move under 4 MiB always run on the calling thread."""
     return _k.threads()
 
 

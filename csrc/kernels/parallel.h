@@ -45,7 +45,10 @@ class IeeeFloatEnvironment {
   IeeeFloatEnvironment& operator=(const IeeeFloatEnvironment&) = delete;
 };
 
-inline constexpr std::size_t kMinBytesPerTask = std::size_t{1} << 20;
+// Waking a worker costs tens of microseconds on a virtual machine: measured with 2 cores, a 1 MiB
+// bfloat16 sum (3 MiB moved) took 67 us split in two against 54 us on one thread, while 4 MiB
+// (12 MiB moved) took 155 us against 219 us.
+inline constexpr std::size_t kMinBytesPerTask = std::size_t{2} << 20;
 
 // Calls body(begin, end), in the IEEE float environment, over [0, count) in contiguous ranges whose boundaries are multiples of
 // `granule` elements; `bytes_per_element` counts every byte read or written for one element.
