@@ -24,7 +24,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -52,7 +51,7 @@ from pycomm.testing.process_tree import (
 )
 from pycomm.testing.results import JobFailed, JobTimeout, ProcessResult, format_outputs
 from pycomm.testing.targets import Target, describe, make_spec
-from pycomm.testing.workspace import CHILD_ENTRY_POINT, Workspace, read_text
+from pycomm.testing.workspace import CHILD_ENTRY_POINT, Workspace, read_text, start_process
 
 DEFAULT_TIMEOUT = 60.0
 _POLL_FIRST = 0.001
@@ -109,16 +108,9 @@ class LocalProcess:
         # Set by spawn_process: the one-child cluster this process closes with itself.
         self._owner: LocalCluster | None = None
         self._watch_error: BaseException | None = None
-        with open(self._stdout_path, "wb") as stdout, open(self._stderr_path, "wb") as stderr:
-            self._popen = subprocess.Popen(
-                self.command,
-                cwd=workspace.cwd,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-            )
+        self._popen = start_process(
+            self.command, workspace.cwd, environment, self._stdout_path, self._stderr_path
+        )
         self.pid: int = self._popen.pid
         self._started = time.monotonic()
         self._ended: float | None = None

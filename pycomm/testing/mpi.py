@@ -35,7 +35,7 @@ from pycomm.testing.results import (
     format_outputs,
 )
 from pycomm.testing.targets import Target, describe, make_spec
-from pycomm.testing.workspace import CHILD_ENTRY_POINT, Workspace, read_text
+from pycomm.testing.workspace import CHILD_ENTRY_POINT, Workspace, read_text, start_process
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -96,19 +96,8 @@ def _launch(
     )
     timed_out = False
     started = time.monotonic()
-    with (
-        open(workspace.path("mpiexec", "out"), "wb") as stdout,
-        open(workspace.path("mpiexec", "err"), "wb") as stderr,
-    ):
-        launcher = subprocess.Popen(
-            command,
-            cwd=workspace.cwd,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
+    launcher_out, launcher_err = workspace.path("mpiexec", "out"), workspace.path("mpiexec", "err")
+    launcher = start_process(command, workspace.cwd, environment, launcher_out, launcher_err)
     try:
         returncode: int | None = launcher.wait(timeout=limit)
     except subprocess.TimeoutExpired:

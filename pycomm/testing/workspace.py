@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import subprocess
 import tempfile
 from typing import Any
 
@@ -27,6 +28,23 @@ def read_text(path: str) -> str:
             return handle.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return ""
+
+
+def start_process(
+    command: list[str], cwd: str, environment: dict[str, str], stdout_path: str, stderr_path: str
+) -> subprocess.Popen[bytes]:
+    """Starts ``command`` in a session of its own (so its whole tree can be signalled), stdin
+    closed, stdout and stderr written to files (a pipe could fill up and stall the child)."""
+    with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
 
 
 class Workspace:
