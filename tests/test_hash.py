@@ -255,3 +255,17 @@ def test_gpu_arrays_are_checked_and_need_a_usable_device() -> None:
         pytest.skip("a real GPU is present: the fake pointer would be looked up on it")
     with pytest.raises(pycomm.NotSupportedError):
         kernels.hash64(_FakeDeviceArray(strides=None))
+
+
+def test_gpu_hash_equals_the_cpu_hash_on_a_real_device() -> None:
+    cupy = pytest.importorskip("cupy", reason="cupy is not installed (pip install 'pycomm[cuda]')")
+    if pycomm.info()["cuda"].get("devices", 0) == 0:
+        pytest.skip("no usable CUDA device on this machine")
+    rng = np.random.default_rng(47)
+    for length in (0, 1, 63, 4095, 4096, 4097, 3 * 2**20 + 17):
+        host = rng.integers(0, 256, length, dtype=np.uint8)
+        device = cupy.asarray(host)
+        assert kernels.hash64(device, 5) == kernels.hash64(host, 5), length
+        # Misaligned device pointers take the byte-load path.
+        if length > 8:
+            assert kernels.hash64(device[3:], 5) == kernels.hash64(host[3:], 5), length
