@@ -50,6 +50,11 @@ if(PYCOMM_MPI)
     endif()
   endif()
   if(NOT PYCOMM_FEATURE_MPI)
+    if(PYCOMM_MPI_HOME)
+      # Asked for by name: building without it would hide the mistake until run time.
+      message(FATAL_ERROR "pycomm: PYCOMM_MPI_HOME=${PYCOMM_MPI_HOME} holds no usable MPI "
+                          "(expected ${PYCOMM_MPI_HOME}/bin/mpicc and mpi.h)")
+    endif()
     message(STATUS "pycomm: no MPI headers found; MPI-dependent parts are not built")
   endif()
 endif()
