@@ -15,6 +15,7 @@ from pycomm.errors import (
     InvalidArgumentError,
     MissingDependencyError,
     NotSupportedError,
+    ProtocolError,
     PycommError,
 )
 from pycomm.info import info, interposer_path
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidArgumentError",
     "MissingDependencyError",
     "NotSupportedError",
+    "ProtocolError",
     "PycommError",
     "__version__",
     "info",

@@ -35,5 +35,9 @@ class CommError(PycommError, ConnectionError):
     """A peer vanished, a connection broke or a peer broke the protocol."""
 
 
+class ProtocolError(CommError):
+    """A peer sent bytes that break the wire protocol; the connection that carried them is dropped."""
+
+
 class CommTimeout(CommError, TimeoutError):
     """An operation passed its deadline."""

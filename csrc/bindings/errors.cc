@@ -26,6 +26,8 @@ void register_error_translator() {
       raise("NotSupportedError", error);
     } catch (const Timeout& error) {
       raise("CommTimeout", error);
+    } catch (const ProtocolError& error) {
+      raise("ProtocolError", error);
     } catch (const IoError& error) {
       raise("CommError", error);
     } catch (const Error& error) {

@@ -10,6 +10,7 @@ namespace py = pybind11;
 
 namespace pycomm::bindings {
 void bind_kernels(py::module_& m);
+void bind_transport(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -18,6 +19,9 @@ PYBIND11_MODULE(_core, m) {
 
   py::module_ kernels = m.def_submodule("kernels", "reductions, quantizers, casts and the content hash");
   pycomm::bindings::bind_kernels(kernels);
+
+  py::module_ transport = m.def_submodule("transport", "frames and framed TCP connections");
+  pycomm::bindings::bind_transport(transport);
 
   m.def("build_info", [] {
     py::dict info;

@@ -34,6 +34,13 @@ class IoError : public Error {
   using Error::Error;
 };
 
+// A peer sent bytes that break the wire protocol (bad magic, version, type or length). The
+// connection that carried them is dropped; nothing else is affected.
+class ProtocolError : public IoError {
+ public:
+  using IoError::IoError;
+};
+
 // A deadline passed.
 class Timeout : public Error {
  public:
