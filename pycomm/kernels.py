@@ -13,8 +13,9 @@ Numeric rules (identical on every machine, so every peer computes the same bytes
 - ``min``/``max`` follow numpy's ``minimum``/``maximum``: a NaN wins, ties keep the first operand
   (``min(+0.0, -0.0)`` is ``+0.0``);
 - a sum, product or average that is NaN is the positive quiet NaN, whatever NaNs went in (a
-  reduction of one input with sum, prod, min or max is a plain copy); NaN payloads are not preserved
-  through float16/bfloat16;
+  reduction of one input with sum, prod, min or max is a plain copy); converting a NaN to or from
+  float16, or to bfloat16, makes it quiet and keeps the top of its payload (the rule of x86's F16C
+  instructions, which the builds that have them use);
 - the 64-bit sum behind an int64/uint64 ``avg`` wraps like any int64 sum, so averages of values
   near the type's limits overflow; use a float dtype for those.
 """

@@ -343,3 +343,14 @@ def test_overlapping_buffers_are_refused() -> None:
     with _raises(r"cast: out and x overlap"):
         kernels.cast(raw[:8], "float16", out=raw[:4].view(np.float16))
     assert raw.tobytes() == before.tobytes()
+
+
+def test_float16_nans_follow_the_f16c_rule_on_every_build() -> None:
+    # Quiet bit set, payload's top bits kept: what x86's F16C instructions do, so a build may use
+    # them or the portable conversions and still write the same bytes.
+    signalling = np.array([0x7C01, 0xFC02, 0x7E00, 0x7D55], np.uint16).view(np.float16)
+    widened = kernels.cast(signalling, "float32").view(np.uint32)
+    assert [hex(v) for v in widened] == ["0x7fc02000", "0xffc04000", "0x7fc00000", "0x7feaa000"]
+    narrow_input = np.array([0x7F802000, 0x7F800001, 0xFFC00001, 0x7FBFFFFF], np.uint32).view(np.float32)
+    narrowed = kernels.cast(narrow_input, "float16").view(np.uint16)
+    assert [hex(v) for v in narrowed] == ["0x7e01", "0x7e00", "0xfe00", "0x7fff"]

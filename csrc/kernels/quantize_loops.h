@@ -7,6 +7,7 @@
 
 #include "common/half.h"
 #include "kernels/element.h"
+#include "kernels/half_batch.h"
 #include "kernels/quantize.h"
 
 #ifndef PYCOMM_KERNEL_ISA
@@ -69,6 +70,13 @@ inline float round_to_odd_float(double value) {
 
 template <typename Dst, typename Src>
 void cast_loop(Dst* dst, const Src* src, std::size_t n) {
+  if constexpr (std::is_same_v<Dst, float> && std::is_same_v<Src, Half>) {
+    halves_to_floats(src, dst, n);
+    return;
+  } else if constexpr (std::is_same_v<Dst, Half> && std::is_same_v<Src, float>) {
+    floats_to_halves(src, dst, n);
+    return;
+  }
   for (std::size_t i = 0; i < n; ++i) {
     if constexpr (std::is_same_v<Src, double> && (std::is_same_v<Dst, Half> || std::is_same_v<Dst, BFloat16>)) {
       dst[i] = Element<Dst>::store(round_to_odd_float(src[i]));

@@ -12,6 +12,7 @@
 
 #include "common/half.h"
 #include "kernels/element.h"
+#include "kernels/half_batch.h"
 #include "kernels/reduce.h"
 
 #ifndef PYCOMM_KERNEL_ISA
@@ -60,39 +61,80 @@ using Accumulator = std::conditional_t<
     std::conditional_t<for_average && std::is_integral_v<T>,
                        std::conditional_t<std::is_signed_v<T>, std::int64_t, std::uint64_t>, T>>;
 
+// binary16 goes through float tiles converted in batches (half_batch.h): whole-vector hardware
+// conversions where the build has them, instead of the element-by-element software ones.
+constexpr std::size_t kHalfTile = 512;
+
 template <typename T, typename Op>
 void combine(T* out, const T* a, const T* b, std::size_t n) {
-  using E = Element<T>;
+  if constexpr (std::is_same_v<T, Half>) {
+    float x[kHalfTile], y[kHalfTile];
+    for (std::size_t begin = 0; begin < n; begin += kHalfTile) {
+      const std::size_t m = n - begin < kHalfTile ? n - begin : kHalfTile;
+      halves_to_floats(a + begin, x, m);
+      halves_to_floats(b + begin, y, m);
+      for (std::size_t i = 0; i < m; ++i) x[i] = Op::apply(x[i], y[i]);
+      floats_to_halves(x, out + begin, m);
+    }
+  } else {
+    using E = Element<T>;
 #pragma GCC ivdep
-  for (std::size_t i = 0; i < n; ++i) out[i] = E::store(Op::apply(E::load(a[i]), E::load(b[i])));
+    for (std::size_t i = 0; i < n; ++i) out[i] = E::store(Op::apply(E::load(a[i]), E::load(b[i])));
+  }
 }
 
 template <typename T, typename Acc>
 void widen(Acc* acc, const T* src, std::size_t n) {
+  if constexpr (std::is_same_v<T, Half>) {
+    halves_to_floats(src, acc, n);
+  } else {
 #pragma GCC ivdep
-  for (std::size_t i = 0; i < n; ++i) acc[i] = static_cast<Acc>(Element<T>::load(src[i]));
+    for (std::size_t i = 0; i < n; ++i) acc[i] = static_cast<Acc>(Element<T>::load(src[i]));
+  }
 }
 
 template <typename T, typename Acc, typename Op>
 void accumulate(Acc* acc, const T* src, std::size_t n) {
+  if constexpr (std::is_same_v<T, Half>) {
+    float x[kHalfTile];
+    for (std::size_t begin = 0; begin < n; begin += kHalfTile) {
+      const std::size_t m = n - begin < kHalfTile ? n - begin : kHalfTile;
+      halves_to_floats(src + begin, x, m);
+      for (std::size_t i = 0; i < m; ++i) acc[begin + i] = Op::apply(acc[begin + i], x[i]);
+    }
+  } else {
 #pragma GCC ivdep
-  for (std::size_t i = 0; i < n; ++i) acc[i] = Op::apply(acc[i], static_cast<Acc>(Element<T>::load(src[i])));
+    for (std::size_t i = 0; i < n; ++i) acc[i] = Op::apply(acc[i], static_cast<Acc>(Element<T>::load(src[i])));
+  }
 }
 
 template <typename T, typename Acc>
 void narrow(T* out, const Acc* acc, std::size_t n) {
-  using E = Element<T>;
+  if constexpr (std::is_same_v<T, Half>) {
+    floats_to_halves(acc, out, n);
+  } else {
+    using E = Element<T>;
 #pragma GCC ivdep
-  for (std::size_t i = 0; i < n; ++i) out[i] = E::store(static_cast<typename E::Compute>(acc[i]));
+    for (std::size_t i = 0; i < n; ++i) out[i] = E::store(static_cast<typename E::Compute>(acc[i]));
+  }
 }
 
 template <typename T, typename Acc>
 void narrow_average(T* out, const Acc* acc, std::size_t n, std::size_t contributions) {
-  using E = Element<T>;
   const Acc divisor = static_cast<Acc>(contributions);
+  if constexpr (std::is_same_v<T, Half>) {
+    float x[kHalfTile];
+    for (std::size_t begin = 0; begin < n; begin += kHalfTile) {
+      const std::size_t m = n - begin < kHalfTile ? n - begin : kHalfTile;
+      for (std::size_t i = 0; i < m; ++i) x[i] = canonical_nan(acc[begin + i] / divisor);
+      floats_to_halves(x, out + begin, m);
+    }
+  } else {
+    using E = Element<T>;
 #pragma GCC ivdep
-  for (std::size_t i = 0; i < n; ++i) {
-    out[i] = E::store(static_cast<typename E::Compute>(canonical_nan(acc[i] / divisor)));
+    for (std::size_t i = 0; i < n; ++i) {
+      out[i] = E::store(static_cast<typename E::Compute>(canonical_nan(acc[i] / divisor)));
+    }
   }
 }
 
