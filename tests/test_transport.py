@@ -204,3 +204,12 @@ def test_bad_timeouts_are_refused(listener: object) -> None:
     for timeout in (-1.0, float("nan"), float("inf")):
         with pytest.raises(InvalidArgumentError, match="timeout must be a number of seconds"):
             transport.connect("127.0.0.1", listener.port, timeout)
+
+
+def test_out_of_range_ports_and_frame_types_are_refused(listener: object) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"frame type must be in \[0, 65535\], got 70000"):
+        transport.encode_frame(70000, b"")
+    with pytest.raises(InvalidArgumentError, match=r"port must be in \[0, 65535\], got -1"):
+        transport.connect("127.0.0.1", -1, 1)
+    with pytest.raises(InvalidArgumentError, match=r"port must be in \[0, 65535\], got 65536"):
+        transport.Listener("127.0.0.1", 65536)

@@ -28,6 +28,13 @@ Deadline checked_deadline(double timeout) {
   return deadline_after(timeout);
 }
 
+// Ports and frame types arrive as Python ints; out-of-range values get an error saying so instead of
+// pybind's signature mismatch.
+std::uint16_t checked_u16(long long value, const char* what) {
+  PYCOMM_ENFORCE(value >= 0 && value <= 65535, what, " must be in [0, 65535], got ", value);
+  return static_cast<std::uint16_t>(value);
+}
+
 py::tuple frame_tuple(const transport::FrameHeader& header, const unsigned char* payload) {
   return py::make_tuple(header.type, header.flags,
                         py::bytes(reinterpret_cast<const char*>(payload), header.length));
@@ -37,14 +44,15 @@ void bind_connection(py::module_& m) {
   py::class_<Connection>(m, "Connection", "A framed TCP connection (see csrc/transport/tcp/connection.h).")
       .def(
           "send_frame",
-          [](Connection& connection, std::uint16_t type, py::buffer payload, double timeout) {
+          [](Connection& connection, long long type, py::buffer payload, double timeout) {
             const py::buffer_info info = payload.request();
             PYCOMM_ENFORCE(info.ndim <= 1 && (info.ndim == 0 || info.strides[0] == info.itemsize),
                            "payload must be a contiguous buffer");
             const Deadline deadline = checked_deadline(timeout);
             const auto bytes = static_cast<std::size_t>(info.size * info.itemsize);
+            const std::uint16_t frame_type = checked_u16(type, "frame type");
             py::gil_scoped_release release;
-            connection.send_frame(type, info.ptr, bytes, deadline);
+            connection.send_frame(frame_type, info.ptr, bytes, deadline);
           },
           py::arg("type"), py::arg("payload"), py::arg("timeout"))
       .def(
@@ -75,10 +83,10 @@ void bind_transport(py::module_& m) {
 
   m.def(
       "encode_frame",
-      [](std::uint16_t type, const py::bytes& payload) {
+      [](long long type, const py::bytes& payload) {
         const std::string body = payload;
         transport::FrameHeader header;
-        header.type = type;
+        header.type = checked_u16(type, "frame type");
         header.length = body.size();
         const transport::EncodedHeader encoded = transport::encode_header(header);
         return py::bytes(std::string(encoded.begin(), encoded.end()) + body);
@@ -98,7 +106,7 @@ void bind_transport(py::module_& m) {
   bind_connection(m);
 
   py::class_<Socket>(m, "Listener", "A listening TCP socket handing out framed connections.")
-      .def(py::init([](const std::string& host, std::uint16_t port) { return Socket::listen(host, port); }),
+      .def(py::init([](const std::string& host, long long port) { return Socket::listen(host, checked_u16(port, "port")); }),
            py::arg("host") = "127.0.0.1", py::arg("port") = 0)
       .def_property_readonly("port", &Socket::local_port)
       .def(
@@ -116,12 +124,13 @@ void bind_transport(py::module_& m) {
 
   m.def(
       "connect",
-      [](const std::string& host, std::uint16_t port, double timeout, std::uint64_t max_payload, int user_timeout_ms) {
+      [](const std::string& host, long long port, double timeout, std::uint64_t max_payload, int user_timeout_ms) {
+        const std::uint16_t checked_port = checked_u16(port, "port");
         const Deadline deadline = checked_deadline(timeout);
         transport::SocketOptions options;
         options.user_timeout_ms = user_timeout_ms;
         py::gil_scoped_release release;
-        return std::make_unique<Connection>(Socket::connect(host, port, deadline, options), max_payload);
+        return std::make_unique<Connection>(Socket::connect(host, checked_port, deadline, options), max_payload);
       },
       py::arg("host"), py::arg("port"), py::arg("timeout"), py::arg("max_payload") = transport::kDefaultMaxPayload,
       py::arg("user_timeout_ms") = transport::SocketOptions{}.user_timeout_ms);
