@@ -11,6 +11,7 @@ namespace py = pybind11;
 namespace pycomm::bindings {
 void bind_kernels(py::module_& m);
 void bind_transport(py::module_& m);
+void bind_ft(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -22,6 +23,9 @@ PYBIND11_MODULE(_core, m) {
 
   py::module_ transport = m.def_submodule("transport", "frames and framed TCP connections");
   pycomm::bindings::bind_transport(transport);
+
+  py::module_ ft = m.def_submodule("ft", "the ring engine of pycomm.ft");
+  pycomm::bindings::bind_ft(ft);
 
   m.def("build_info", [] {
     py::dict info;

@@ -72,3 +72,11 @@ template <typename Exception, typename... Parts>
       PYCOMM_THROW(::pycomm::InvalidArgument, __VA_ARGS__); \
     }                                                       \
   } while (0)
+
+// PYCOMM_ENFORCE with another exception class (ProtocolError for what a peer sent, ...).
+#define PYCOMM_ENFORCE_TYPE(Exception, condition, ...) \
+  do {                                                 \
+    if (!(condition)) {                                \
+      PYCOMM_THROW(Exception, __VA_ARGS__);            \
+    }                                                  \
+  } while (0)

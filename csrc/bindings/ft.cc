@@ -1,0 +1,147 @@
+// pycomm._core.ft: the ring engine of pycomm.ft (the data plane of one epoch). The control plane
+// (membership, epochs, recovery) is Python, in pycomm/ft; it hands this layer connected sockets.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "bindings/arrays.h"
+#include "common/deadline.h"
+#include "common/error.h"
+#include "ft/ring_engine.h"
+#include "ft/wire.h"
+
+namespace py = pybind11;
+
+namespace pycomm::bindings {
+namespace {
+
+using ft::Collective;
+using ft::OpStatus;
+using ft::RingEngine;
+using ft::RingOp;
+
+Collective collective_from_name(const std::string& name) {
+  if (name == "all_reduce") return Collective::all_reduce;
+  if (name == "broadcast") return Collective::broadcast;
+  if (name == "all_gather") return Collective::all_gather;
+  if (name == "reduce_scatter") return Collective::reduce_scatter;
+  PYCOMM_THROW(InvalidArgument, "unknown collective '", name,
+               "'; one of all_reduce, broadcast, all_gather, reduce_scatter");
+}
+
+const char* status_name(OpStatus status) {
+  switch (status) {
+    case OpStatus::running: return "running";
+    case OpStatus::completed: return "completed";
+    case OpStatus::failed: return "failed";
+  }
+  return "unknown";
+}
+
+// An operation and the array it reads: the array stays referenced while the handle lives.
+struct OpHandle {
+  std::shared_ptr<RingOp> op;
+  py::object input;
+};
+
+}  // namespace
+
+void bind_ft(py::module_& m) {
+  m.attr("DATA_HEADER_BYTES") = ft::kDataHeaderBytes;
+
+  py::class_<OpHandle>(m, "RingOp", "One operation of a RingEngine (see csrc/ft/ring_op.h).")
+      .def(
+          "wait",
+          [](OpHandle& handle, double timeout) {
+            const Deadline deadline = deadline_after(timeout);
+            OpStatus status;
+            {
+              py::gil_scoped_release release;
+              status = handle.op->wait(deadline);
+            }
+            return status_name(status);
+          },
+          py::arg("timeout"))
+      .def_property_readonly("status", [](const OpHandle& handle) { return status_name(handle.op->status()); })
+      .def_property_readonly("has_result", [](const OpHandle& handle) { return handle.op->has_result(); })
+      .def_property_readonly("error", [](const OpHandle& handle) { return handle.op->error(); })
+      .def_property_readonly("sequence", [](const OpHandle& handle) { return handle.op->sequence(); })
+      .def_property_readonly("tag", [](const OpHandle& handle) { return handle.op->spec().tag; })
+      .def_property_readonly("result_bytes", [](const OpHandle& handle) { return handle.op->result_bytes(); })
+      .def("describe", [](const OpHandle& handle) { return handle.op->spec().describe(); })
+      .def(
+          "copy_result",
+          [](const OpHandle& handle, py::array out) {
+            const py::buffer_info info = out.request(true);
+            const ArrayView view = view_bytes(info, "out");
+            PYCOMM_ENFORCE(view.bytes == handle.op->result_bytes(), "out has ", view.bytes, " bytes, the result ",
+                           handle.op->result_bytes());
+            py::gil_scoped_release release;
+            handle.op->copy_result(view.data);
+          },
+          py::arg("out"));
+
+  py::class_<RingEngine>(m, "RingEngine", "The data plane of one epoch (see csrc/ft/ring_engine.h).")
+      .def(py::init([](int next_fd, int prev_fd, std::uint32_t rank, std::uint32_t world, std::uint64_t segment_bytes,
+                       std::uint64_t max_early_bytes) {
+             ft::EngineOptions options;
+             options.segment_bytes = segment_bytes;
+             options.max_early_bytes = max_early_bytes;
+             return std::make_unique<RingEngine>(transport::Socket(next_fd), transport::Socket(prev_fd), rank, world,
+                                                 options);
+           }),
+           py::arg("next_fd"), py::arg("prev_fd"), py::arg("rank"), py::arg("world"),
+           py::arg("segment_bytes") = ft::EngineOptions{}.segment_bytes,
+           py::arg("max_early_bytes") = ft::EngineOptions{}.max_early_bytes,
+           "Takes ownership of both file descriptors (pass -1 for a ring of one).")
+      .def(
+          "submit",
+          [](RingEngine& engine, const std::string& collective, py::array input, const std::string& dtype,
+             const std::string& op, std::uint64_t count, std::uint32_t root, std::uint64_t tag) {
+            ft::OpSpec spec;
+            spec.collective = collective_from_name(collective);
+            spec.dtype = dtype_from_name(dtype);
+            spec.op = kernels::reduce_op_from_name(op);
+            spec.count = count;
+            spec.root = root;
+            spec.tag = tag;
+            PYCOMM_ENFORCE(root < engine.world(), "root ", root, " is not a rank of a group of ", engine.world());
+            const ArrayView view = view_array(input, spec.dtype, false, "x");
+            PYCOMM_ENFORCE(view.count == count, "x has ", view.count, " elements, the operation ", count);
+            OpHandle handle{nullptr, input};
+            {
+              py::gil_scoped_release release;
+              handle.op = engine.submit(spec, view.data);
+            }
+            return handle;
+          },
+          py::arg("collective"), py::arg("input"), py::arg("dtype"), py::arg("op"), py::arg("count"), py::arg("root"),
+          py::arg("tag"))
+      .def(
+          "abort",
+          [](RingEngine& engine, const std::string& reason) {
+            py::gil_scoped_release release;
+            engine.abort(reason);
+          },
+          py::arg("reason"))
+      .def_property_readonly("failed", &RingEngine::failed)
+      .def_property_readonly("failure", &RingEngine::failure)
+      .def_property_readonly("rank", &RingEngine::rank)
+      .def_property_readonly("world", &RingEngine::world)
+      .def_property_readonly("bytes_sent", &RingEngine::bytes_sent)
+      .def_property_readonly("bytes_received", &RingEngine::bytes_received)
+      .def("tag_states", [](const RingEngine& engine) {
+        std::vector<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, bool>> states;
+        for (const ft::TagState& state : engine.tag_states()) {
+          states.emplace_back(state.tag, state.submitted, state.completed, state.outstanding_has_result);
+        }
+        return states;
+      });
+}
+
+}  // namespace pycomm::bindings

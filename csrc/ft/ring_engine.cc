@@ -1,0 +1,583 @@
+#include "ft/ring_engine.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+#include "common/error.h"
+#include "ft/wire.h"
+
+namespace pycomm::ft {
+
+struct RingEngine::OutFrame {
+  DataHeaderBytes header;
+  const unsigned char* data;
+  std::uint64_t bytes;
+  std::uint64_t written;  // of header + data
+  std::shared_ptr<RingOp> op;
+};
+
+struct RingEngine::Incoming {
+  DataHeader header;
+  std::shared_ptr<RingOp> op;  // null: an early frame, buffered
+};
+
+struct RingEngine::EarlyFrame {
+  DataHeader header;
+  std::vector<unsigned char> payload;
+};
+
+namespace {
+
+std::uint32_t ring_index(std::int64_t value, std::uint32_t world) {
+  const auto n = static_cast<std::int64_t>(world);
+  return static_cast<std::uint32_t>(((value % n) + n) % n);
+}
+
+// Chunks a peer receives in the reduce-scatter / all-gather step `step` (it sends the one it
+// received in the step before). After world - 1 reduce-scatter steps, peer r holds chunk r reduced.
+std::uint32_t reduce_scatter_chunk(std::uint32_t rank, std::uint32_t step, std::uint32_t world) {
+  return ring_index(std::int64_t{rank} - step - 2, world);
+}
+std::uint32_t all_gather_chunk(std::uint32_t rank, std::uint32_t step, std::uint32_t world) {
+  return ring_index(std::int64_t{rank} - step - 1, world);
+}
+
+bool has_phase(Collective collective, Phase phase) {
+  switch (phase) {
+    case Phase::reduce_scatter:
+      return collective == Collective::all_reduce || collective == Collective::reduce_scatter;
+    case Phase::all_gather: return collective == Collective::all_reduce || collective == Collective::all_gather;
+    case Phase::broadcast: return collective == Collective::broadcast;
+    case Phase::barrier: return true;
+  }
+  return false;
+}
+
+void set_non_blocking(int fd) {
+  const int flags = fcntl(fd, F_GETFL, 0);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    PYCOMM_THROW(IoError, "fcntl(O_NONBLOCK): ", std::strerror(errno));
+  }
+}
+
+std::string socket_error(int fd) {
+  int error = 0;
+  socklen_t length = sizeof error;
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length);
+  return error == 0 ? std::string("connection closed") : std::string(std::strerror(error));
+}
+
+}  // namespace
+
+RingEngine::RingEngine(transport::Socket to_next, transport::Socket from_prev, std::uint32_t rank,
+                       std::uint32_t world, EngineOptions options)
+    : to_next_(std::move(to_next)),
+      from_prev_(std::move(from_prev)),
+      rank_(rank),
+      world_(world),
+      options_(options),
+      header_in_(kDataHeaderBytes) {
+  PYCOMM_ENFORCE(world >= 1 && rank < world, "rank ", rank, " is outside a ring of ", world, " peers");
+  PYCOMM_ENFORCE(options.segment_bytes >= 64 && options.segment_bytes <= kMaxSegmentBytes,
+                 "segment_bytes must be in [64, ", kMaxSegmentBytes, "], got ", options.segment_bytes);
+  if (world == 1) return;
+  PYCOMM_ENFORCE(to_next_.valid() && from_prev_.valid(), "a ring of ", world, " peers needs both connections");
+  set_non_blocking(to_next_.fd());
+  set_non_blocking(from_prev_.fd());
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) PYCOMM_THROW(IoError, "eventfd: ", std::strerror(errno));
+  incoming_ = std::make_unique<Incoming>();
+  thread_ = std::thread([this] { run(); });
+}
+
+RingEngine::~RingEngine() {
+  abort("the ring was closed");
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input) {
+  std::shared_ptr<RingOp> op;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    TagState& state = tags_[spec.tag];
+    state.tag = spec.tag;
+    PYCOMM_ENFORCE(state.submitted == state.completed, "an operation with tag ", spec.tag,
+                   " is already in flight; concurrent operations need different tags");
+    op = std::make_shared<RingOp>(spec, state.submitted++, rank_, world_, options_.segment_bytes, input);
+    latest_[spec.tag] = op;
+    if (stopping_) {
+      op->finish(OpStatus::failed, failure_);
+      return op;
+    }
+    if (world_ > 1) {
+      submitted_.push_back(op);
+      wake();
+      return op;
+    }
+  }
+  run_locally(*op);
+  return op;
+}
+
+void RingEngine::run_locally(RingOp& op) {
+  const OpSpec& spec = op.spec();
+  const std::uint64_t n = op.layout_.total;
+  if (!op.accumulator_buffer_.empty() || spec.collective == Collective::all_reduce ||
+      spec.collective == Collective::reduce_scatter) {
+    kernels::widen(op.accumulator_buffer_.data(), op.input_, n, spec.dtype, spec.op);
+    kernels::finalize(op.result_.data(), op.accumulator_buffer_.data(), n, spec.dtype, spec.op, 1);
+  } else if (!op.result_.empty()) {
+    std::memcpy(op.result_.data(), op.input_, op.result_.size());
+  }
+  op.mark_has_result();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    tags_[spec.tag].completed++;
+  }
+  op.finish(OpStatus::completed, "");
+}
+
+void RingEngine::abort(const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!stopping_) {
+      stopping_ = true;
+      failure_ = reason;
+    }
+  }
+  wake();
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+bool RingEngine::failed() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stopping_;
+}
+
+std::string RingEngine::failure() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return failure_;
+}
+
+std::vector<TagState> RingEngine::tag_states() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<TagState> states;
+  for (const auto& [tag, state] : tags_) {
+    states.push_back(state);
+    if (state.submitted > state.completed) states.back().outstanding_has_result = latest_.at(tag)->has_result();
+  }
+  return states;
+}
+
+void RingEngine::wake() {
+  if (wake_fd_ < 0) return;
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t written = ::write(wake_fd_, &one, sizeof one);
+}
+
+void RingEngine::run() {
+  try {
+    while (true) {
+      std::vector<std::shared_ptr<RingOp>> starting;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_) break;
+        starting.swap(submitted_);
+      }
+      for (const auto& op : starting) start(op);
+      write_available();
+      std::array<pollfd, 3> fds{};
+      fds[0] = {wake_fd_, POLLIN, 0};
+      fds[1] = {from_prev_.fd(), POLLIN, 0};
+      fds[2] = {to_next_.fd(), static_cast<short>(send_queue_.empty() ? 0 : POLLOUT), 0};
+      if (::poll(fds.data(), fds.size(), -1) < 0) {
+        if (errno == EINTR) continue;
+        PYCOMM_THROW(IoError, "poll: ", std::strerror(errno));
+      }
+      if (fds[0].revents != 0) {
+        std::uint64_t drained = 0;
+        [[maybe_unused]] const ssize_t got = ::read(wake_fd_, &drained, sizeof drained);
+      }
+      if (fds[1].revents != 0) read_available();
+      if ((fds[2].revents & (POLLERR | POLLHUP)) != 0) {
+        PYCOMM_THROW(IoError, "the connection to the next peer (rank ", (rank_ + 1) % world_,
+                     ") failed: ", socket_error(to_next_.fd()));
+      }
+    }
+    std::string reason;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      reason = failure_;
+    }
+    fail_all(reason);
+  } catch (const std::exception& error) {
+    fail_all(error.what());
+  }
+}
+
+void RingEngine::fail_all(const std::string& reason) {
+  std::vector<std::shared_ptr<RingOp>> ops;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    if (failure_.empty()) failure_ = reason;
+    ops.swap(submitted_);
+  }
+  for (const auto& [key, op] : active_) ops.push_back(op);
+  for (const auto& op : ops) op->finish(OpStatus::failed, reason);
+  active_.clear();
+  early_.clear();
+  send_queue_.clear();
+  // Wakes the neighbours at once instead of leaving them to their deadlines.
+  ::shutdown(to_next_.fd(), SHUT_RDWR);
+  ::shutdown(from_prev_.fd(), SHUT_RDWR);
+}
+
+void RingEngine::start(const std::shared_ptr<RingOp>& op) {
+  RingOp& o = *op;
+  const OpSpec& spec = o.spec();
+  const ChunkLayout& layout = o.layout_;
+  const std::uint32_t n = world_;
+  const std::size_t item = dtype_size(spec.dtype);
+  const std::size_t accumulator_item = dtype_size(o.accumulator_);
+  const std::uint32_t max_segments = layout.segments(0);
+  active_[{spec.tag, o.sequence()}] = op;
+  started_[spec.tag] = o.sequence() + 1;
+
+  const auto* input = static_cast<const unsigned char*>(o.input_);
+  switch (spec.collective) {
+    case Collective::all_reduce:
+    case Collective::reduce_scatter: {
+      for (std::uint32_t step = 0; step + 1 < n; ++step) {
+        o.receives_left_ += layout.segments(reduce_scatter_chunk(rank_, step, n));
+        if (spec.collective == Collective::all_reduce) {
+          o.receives_left_ += layout.segments(all_gather_chunk(rank_, step, n));
+        }
+      }
+      o.received_.assign(std::size_t{2} * (n - 1) * max_segments, 0);
+      const std::uint32_t first = ring_index(std::int64_t{rank_} - 1, n);
+      for (std::uint32_t segment = 0; segment < layout.segments(first); ++segment) {
+        const std::uint64_t begin = layout.segment_begin(first, segment);
+        const std::uint64_t length = layout.segment_length(first, segment);
+        unsigned char* partial = o.accumulator_buffer_.data() + begin * accumulator_item;
+        kernels::widen(partial, input + begin * item, length, spec.dtype, spec.op);
+        queue_data(op, Phase::reduce_scatter, 0, first, segment, partial, length * accumulator_item);
+      }
+      break;
+    }
+    case Collective::all_gather: {
+      for (std::uint32_t step = 0; step + 1 < n; ++step) {
+        o.receives_left_ += layout.segments(all_gather_chunk(rank_, step, n));
+      }
+      o.received_.assign(std::size_t{2} * (n - 1) * max_segments, 0);
+      const std::uint64_t own = layout.chunk_begin(rank_) * item;
+      std::memcpy(o.result_.data() + own, input, layout.chunk_length(rank_) * item);
+      for (std::uint32_t segment = 0; segment < layout.segments(rank_); ++segment) {
+        const std::uint64_t begin = layout.segment_begin(rank_, segment);
+        queue_data(op, Phase::all_gather, 0, rank_, segment, o.result_.data() + begin * item,
+                   layout.segment_length(rank_, segment) * item);
+      }
+      break;
+    }
+    case Collective::broadcast: {
+      o.received_.assign(max_segments, 0);
+      if (rank_ == spec.root) {
+        if (!o.result_.empty()) std::memcpy(o.result_.data(), input, o.result_.size());
+        for (std::uint32_t segment = 0; segment < max_segments; ++segment) {
+          queue_data(op, Phase::broadcast, 0, 0, segment, o.result_.data() + layout.segment_begin(0, segment) * item,
+                     layout.segment_length(0, segment) * item);
+        }
+      } else {
+        o.receives_left_ = max_segments;
+      }
+      break;
+    }
+  }
+  if (o.receives_left_ == 0) on_data_done(op);
+
+  auto early = early_.find({spec.tag, o.sequence()});
+  if (early != early_.end()) {
+    std::vector<EarlyFrame> frames = std::move(early->second);
+    early_.erase(early);
+    for (EarlyFrame& frame : frames) {
+      early_bytes_ -= frame.payload.size();
+      Incoming replay{frame.header, nullptr};
+      unsigned char* target = place(replay);
+      if (!frame.payload.empty()) std::memcpy(target, frame.payload.data(), frame.payload.size());
+      complete(replay);
+    }
+  }
+  maybe_complete(op);
+}
+
+void RingEngine::queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t chunk,
+                            std::uint32_t segment, const unsigned char* data, std::uint64_t bytes) {
+  (void)chunk;
+  DataHeader header;
+  header.phase = phase;
+  header.spec = op->spec();
+  header.sequence = op->sequence();
+  header.step = step;
+  header.segment = segment;
+  header.length = static_cast<std::uint32_t>(bytes);
+  send_queue_.push_back(OutFrame{encode_data_header(header), data, bytes, 0, op});
+  op->sends_queued_++;
+}
+
+void RingEngine::queue_token(const std::shared_ptr<RingOp>& op, std::uint32_t hops) {
+  DataHeader header;
+  header.phase = Phase::barrier;
+  header.spec = op->spec();
+  header.sequence = op->sequence();
+  header.step = hops;
+  send_queue_.push_back(OutFrame{encode_data_header(header), nullptr, 0, 0, op});
+  op->sends_queued_++;
+}
+
+unsigned char* RingEngine::place(Incoming& in) {
+  const DataHeader& h = in.header;
+  const std::uint32_t prev = ring_index(std::int64_t{rank_} - 1, world_);
+  auto found = active_.find({h.spec.tag, h.sequence});
+  if (found == active_.end()) {
+    auto started = started_.find(h.spec.tag);
+    const std::uint64_t started_count = started == started_.end() ? 0 : started->second;
+    PYCOMM_ENFORCE_TYPE(ProtocolError, h.sequence >= started_count, "rank ", prev, " sent a frame for ",
+                        h.spec.describe(), " #", h.sequence, ", which already finished on rank ", rank_);
+    PYCOMM_ENFORCE_TYPE(ProtocolError, early_bytes_ + h.length <= options_.max_early_bytes, "rank ", prev,
+                        " sent more than ", options_.max_early_bytes, " bytes for operations rank ", rank_,
+                        " has not started (the first is ", h.spec.describe(), ")");
+    in.op = nullptr;
+    return nullptr;
+  }
+  in.op = found->second;
+  RingOp& op = *in.op;
+  PYCOMM_ENFORCE_TYPE(ProtocolError, op.spec().same_operation(h.spec), "peers disagree about an operation: rank ",
+                      rank_, " runs ", op.spec().describe(), " while rank ", prev, " runs ", h.spec.describe());
+  PYCOMM_ENFORCE_TYPE(ProtocolError, has_phase(h.spec.collective, h.phase), "rank ", prev, " sent a ",
+                      static_cast<int>(h.phase), " frame, which ", h.spec.describe(), " does not have");
+  if (h.phase == Phase::barrier) {
+    PYCOMM_ENFORCE_TYPE(ProtocolError,
+                        h.length == 0 && h.step >= 1 && h.step < world_ && op.tokens_received_ + 1 < world_,
+                        "rank ", prev, " sent an invalid barrier frame for ", h.spec.describe());
+    return nullptr;
+  }
+  const ChunkLayout& layout = op.layout_;
+  const std::uint32_t max_segments = layout.segments(0);
+  std::uint32_t chunk = 0;
+  std::size_t index = h.segment;
+  std::size_t item = dtype_size(op.spec().dtype);
+  unsigned char* base = op.result_.data();
+  if (h.phase == Phase::broadcast) {
+    PYCOMM_ENFORCE_TYPE(ProtocolError, h.step == 0 && rank_ != op.spec().root, "rank ", prev,
+                        " sent broadcast data to its root");
+  } else {
+    PYCOMM_ENFORCE_TYPE(ProtocolError, h.step + 1 < world_, "rank ", prev, " sent step ", h.step, " of ",
+                        h.spec.describe(), " on a ring of ", world_);
+    if (h.phase == Phase::reduce_scatter) {
+      chunk = reduce_scatter_chunk(rank_, h.step, world_);
+      item = dtype_size(op.accumulator_);
+      base = op.accumulator_buffer_.data();
+    } else {
+      chunk = all_gather_chunk(rank_, h.step, world_);
+      index += std::size_t{world_ - 1} * max_segments;
+    }
+    index += std::size_t{h.step} * max_segments;
+  }
+  PYCOMM_ENFORCE_TYPE(ProtocolError, h.segment < layout.segments(chunk), "rank ", prev, " sent segment ",
+                      h.segment, " of a chunk with ", layout.segments(chunk), " segments");
+  PYCOMM_ENFORCE_TYPE(ProtocolError, op.received_[index] == 0, "rank ", prev, " sent a segment of ",
+                      h.spec.describe(), " twice");
+  const std::uint64_t expected = layout.segment_length(chunk, h.segment) * item;
+  PYCOMM_ENFORCE_TYPE(ProtocolError, h.length == expected, "rank ", prev, " sent ", h.length,
+                      " bytes for a segment of ", expected, " bytes");
+  op.received_[index] = 1;
+  return base + layout.segment_begin(chunk, h.segment) * item;
+}
+
+void RingEngine::complete(Incoming& in) {
+  std::shared_ptr<RingOp> op = std::move(in.op);
+  deliver(op, in.header.phase, in.header.step, in.header.segment);
+}
+
+void RingEngine::deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t segment) {
+  RingOp& o = *op;
+  const OpSpec& spec = o.spec();
+  const ChunkLayout& layout = o.layout_;
+  const std::uint32_t n = world_;
+  const std::size_t item = dtype_size(spec.dtype);
+  switch (phase) {
+    case Phase::reduce_scatter: {
+      const std::uint32_t chunk = reduce_scatter_chunk(rank_, step, n);
+      const std::uint64_t begin = layout.segment_begin(chunk, segment);
+      const std::uint64_t length = layout.segment_length(chunk, segment);
+      const std::size_t accumulator_item = dtype_size(o.accumulator_);
+      unsigned char* partial = o.accumulator_buffer_.data() + begin * accumulator_item;
+      kernels::accumulate(partial, static_cast<const unsigned char*>(o.input_) + begin * item, length, spec.dtype,
+                          spec.op);
+      if (step + 2 < n) {
+        queue_data(op, Phase::reduce_scatter, step + 1, chunk, segment, partial, length * accumulator_item);
+      } else {
+        const std::uint64_t placed = spec.collective == Collective::all_reduce ? begin : begin - layout.chunk_begin(chunk);
+        unsigned char* out = o.result_.data() + placed * item;
+        kernels::finalize(out, partial, length, spec.dtype, spec.op, n);
+        if (spec.collective == Collective::all_reduce) {
+          queue_data(op, Phase::all_gather, 0, chunk, segment, out, length * item);
+        }
+      }
+      o.receives_left_--;
+      break;
+    }
+    case Phase::all_gather: {
+      const std::uint32_t chunk = all_gather_chunk(rank_, step, n);
+      const std::uint64_t begin = layout.segment_begin(chunk, segment);
+      if (step + 2 < n) {
+        queue_data(op, Phase::all_gather, step + 1, chunk, segment, o.result_.data() + begin * item,
+                   layout.segment_length(chunk, segment) * item);
+      }
+      o.receives_left_--;
+      break;
+    }
+    case Phase::broadcast: {
+      if ((rank_ + 1) % n != spec.root) {
+        queue_data(op, Phase::broadcast, 0, 0, segment, o.result_.data() + layout.segment_begin(0, segment) * item,
+                   layout.segment_length(0, segment) * item);
+      }
+      o.receives_left_--;
+      break;
+    }
+    case Phase::barrier: {
+      o.tokens_received_++;
+      if (step + 1 < n) {
+        if (o.data_done_) {
+          queue_token(op, step + 1);
+        } else {
+          o.held_tokens_.push_back(step + 1);
+        }
+      }
+      break;
+    }
+  }
+  if (o.receives_left_ == 0 && !o.data_done_) on_data_done(op);
+  maybe_complete(op);
+}
+
+void RingEngine::on_data_done(const std::shared_ptr<RingOp>& op) {
+  op->data_done_ = true;
+  op->mark_has_result();
+  queue_token(op, 1);
+  for (std::uint32_t hops : op->held_tokens_) queue_token(op, hops);
+  op->held_tokens_.clear();
+}
+
+void RingEngine::maybe_complete(const std::shared_ptr<RingOp>& op) {
+  if (!op->data_done_ || op->tokens_received_ + 1 < world_ || op->sends_queued_ != 0) return;
+  const OpKey key{op->spec().tag, op->sequence()};
+  if (active_.erase(key) == 0) return;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    tags_[op->spec().tag].completed++;
+  }
+  op->finish(OpStatus::completed, "");
+}
+
+bool RingEngine::read_available() {
+  // Bounded per call so a fast sender cannot starve the writes to the next peer.
+  std::uint64_t budget = std::uint64_t{16} << 20;
+  const std::uint32_t prev = ring_index(std::int64_t{rank_} - 1, world_);
+  while (budget > 0) {
+    unsigned char* target;
+    std::size_t want;
+    const bool in_header = header_filled_ < kDataHeaderBytes;
+    if (in_header) {
+      target = header_in_.data() + header_filled_;
+      want = kDataHeaderBytes - header_filled_;
+    } else {
+      target = payload_target_;
+      want = static_cast<std::size_t>(std::min<std::uint64_t>(payload_left_, budget));
+    }
+    const ssize_t got = ::recv(from_prev_.fd(), target, want, 0);
+    if (got == 0) {
+      PYCOMM_THROW(IoError, "the previous peer (rank ", prev, ") closed its connection");
+    }
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      if (errno == EINTR) continue;
+      PYCOMM_THROW(IoError, "the connection from the previous peer (rank ", prev,
+                   ") failed: ", std::strerror(errno));
+    }
+    const auto received = static_cast<std::uint64_t>(got);
+    bytes_received_ += received;
+    budget -= std::min(budget, received);
+    if (in_header) {
+      header_filled_ += received;
+      if (header_filled_ < kDataHeaderBytes) continue;
+      incoming_->header = decode_data_header(header_in_.data());
+      payload_left_ = incoming_->header.length;
+      payload_target_ = place(*incoming_);
+      if (!incoming_->op) {
+        early_payload_.assign(payload_left_, 0);
+        payload_target_ = early_payload_.data();
+      }
+    } else {
+      payload_target_ += received;
+      payload_left_ -= received;
+    }
+    if (payload_left_ == 0) {
+      header_filled_ = 0;
+      if (incoming_->op) {
+        complete(*incoming_);
+      } else {
+        const DataHeader& h = incoming_->header;
+        early_bytes_ += early_payload_.size();
+        early_[{h.spec.tag, h.sequence}].push_back(EarlyFrame{h, std::move(early_payload_)});
+        early_payload_.clear();
+      }
+      write_available();
+    }
+  }
+  return true;
+}
+
+bool RingEngine::write_available() {
+  while (!send_queue_.empty()) {
+    OutFrame& frame = send_queue_.front();
+    std::array<iovec, 2> parts{};
+    int count = 0;
+    if (frame.written < kDataHeaderBytes) {
+      parts[count++] = {frame.header.data() + frame.written, kDataHeaderBytes - frame.written};
+      if (frame.bytes > 0) parts[count++] = {const_cast<unsigned char*>(frame.data), frame.bytes};
+    } else {
+      const std::uint64_t done = frame.written - kDataHeaderBytes;
+      parts[count++] = {const_cast<unsigned char*>(frame.data) + done, frame.bytes - done};
+    }
+    msghdr message{};
+    message.msg_iov = parts.data();
+    message.msg_iovlen = count;
+    const ssize_t sent = ::sendmsg(to_next_.fd(), &message, MSG_NOSIGNAL);
+    if (sent < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+      if (errno == EINTR) continue;
+      PYCOMM_THROW(IoError, "sending to the next peer (rank ", (rank_ + 1) % world_,
+                   ") failed: ", std::strerror(errno));
+    }
+    frame.written += static_cast<std::uint64_t>(sent);
+    bytes_sent_ += static_cast<std::uint64_t>(sent);
+    if (frame.written < kDataHeaderBytes + frame.bytes) continue;
+    std::shared_ptr<RingOp> op = std::move(frame.op);
+    send_queue_.pop_front();
+    op->sends_queued_--;
+    maybe_complete(op);
+  }
+  return true;
+}
+
+}  // namespace pycomm::ft

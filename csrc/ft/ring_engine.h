@@ -1,0 +1,137 @@
+// The data plane of one epoch: a ring of peers, each holding one TCP connection to the next peer
+// (it only sends there) and one from the previous peer (it only receives from there).
+//
+// One thread per engine runs an event loop over both sockets and a wake-up eventfd: it reads
+// frames from the previous peer straight into the operations' scratch buffers, reduces them, and
+// writes queued frames to the next peer without ever blocking on one socket while the other has
+// work. Operations are matched by (tag, sequence), where the sequence counts operations with that
+// tag in this epoch, so any number of operations with different tags may be in flight, in any
+// order on different peers. Frames for an operation this peer has not started yet are buffered
+// (up to a limit).
+//
+// Every operation ends with a ring barrier: a peer returns only once it knows every peer holds the
+// result. So if any peer returned, every peer holds the result; the commit rule of the control
+// plane relies on it.
+//
+// Failure: the first error (a broken or silent connection, a frame that breaks the protocol,
+// peers that disagree about an operation) or an abort() fails every operation in flight and stops
+// the engine. An epoch's engine is never reused; the next epoch gets new connections.
+//
+// Thread-safety: submit(), abort() and the accessors may be called from any thread. Lock order:
+// mutex_ before any RingOp's mutex.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "ft/ring_op.h"
+#include "transport/tcp/socket.h"
+
+namespace pycomm::ft {
+
+struct EngineOptions {
+  std::uint64_t segment_bytes = 256 * 1024;
+  // Bytes this peer buffers for operations it has not started yet before failing the epoch.
+  std::uint64_t max_early_bytes = std::uint64_t{1} << 30;
+};
+
+// Per tag: operations submitted in this epoch, and whether the last one is still unfinished.
+struct TagState {
+  std::uint64_t tag = 0;
+  std::uint64_t submitted = 0;
+  std::uint64_t completed = 0;
+  bool outstanding_has_result = false;
+};
+
+class RingEngine {
+ public:
+  // `to_next` and `from_prev` are connected stream sockets (ignored when world == 1; with world == 2
+  // they are two different connections to the same peer).
+  RingEngine(transport::Socket to_next, transport::Socket from_prev, std::uint32_t rank, std::uint32_t world,
+             EngineOptions options = {});
+  ~RingEngine();
+  RingEngine(const RingEngine&) = delete;
+  RingEngine& operator=(const RingEngine&) = delete;
+
+  // Starts an operation. Its sequence number is the number of operations submitted with the same
+  // tag before it in this engine. Fails at once (status failed) when the engine has failed.
+  std::shared_ptr<RingOp> submit(const OpSpec& spec, const void* input);
+
+  // Fails every operation in flight with `reason` and stops the loop; returns once it has stopped.
+  void abort(const std::string& reason);
+
+  bool failed() const;
+  std::string failure() const;
+  std::vector<TagState> tag_states() const;
+  std::uint32_t rank() const { return rank_; }
+  std::uint32_t world() const { return world_; }
+
+  // Counters for benchmarks and tests.
+  std::uint64_t bytes_sent() const { return bytes_sent_.load(); }
+  std::uint64_t bytes_received() const { return bytes_received_.load(); }
+
+ private:
+  struct OutFrame;
+  struct EarlyFrame;
+  using OpKey = std::pair<std::uint64_t, std::uint64_t>;  // (tag, sequence)
+
+  void run();
+  void start(const std::shared_ptr<RingOp>& op);
+  void run_locally(RingOp& op);
+  void queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t chunk,
+                  std::uint32_t segment, const unsigned char* data, std::uint64_t bytes);
+  void queue_token(const std::shared_ptr<RingOp>& op, std::uint32_t hops);
+  struct Incoming;
+  // Validates a frame's header against the operation it names; returns where its payload goes
+  // (null for a barrier token, or for an early frame: then in.op is null too).
+  unsigned char* place(Incoming& in);
+  void complete(Incoming& in);
+  void deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t segment);
+  void on_data_done(const std::shared_ptr<RingOp>& op);
+  void maybe_complete(const std::shared_ptr<RingOp>& op);
+  bool read_available();
+  bool write_available();
+  void fail_all(const std::string& reason);
+  void wake();
+
+  transport::Socket to_next_;
+  transport::Socket from_prev_;
+  const std::uint32_t rank_;
+  const std::uint32_t world_;
+  const EngineOptions options_;
+  int wake_fd_ = -1;
+
+  mutable std::mutex mutex_;
+  std::vector<std::shared_ptr<RingOp>> submitted_;  // waiting for the loop to start them
+  std::map<std::uint64_t, TagState> tags_;
+  std::map<std::uint64_t, std::shared_ptr<RingOp>> latest_;  // per tag, its last operation
+  bool stopping_ = false;
+  std::string failure_;
+
+  // Loop state (engine thread only).
+  std::map<OpKey, std::shared_ptr<RingOp>> active_;
+  std::map<std::uint64_t, std::uint64_t> started_;  // per tag, operations the loop has started
+  std::map<OpKey, std::vector<EarlyFrame>> early_;
+  std::uint64_t early_bytes_ = 0;
+  std::deque<OutFrame> send_queue_;
+  std::vector<unsigned char> header_in_;
+  std::size_t header_filled_ = 0;
+  unsigned char* payload_target_ = nullptr;
+  std::uint64_t payload_left_ = 0;
+  std::vector<unsigned char> early_payload_;
+  std::unique_ptr<Incoming> incoming_;  // the frame being read from the previous peer
+
+  std::atomic<std::uint64_t> bytes_sent_{0};
+  std::atomic<std::uint64_t> bytes_received_{0};
+  std::thread thread_;
+};
+
+}  // namespace pycomm::ft

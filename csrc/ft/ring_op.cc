@@ -1,0 +1,130 @@
+#include "ft/ring_op.h"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace pycomm::ft {
+
+const char* collective_name(Collective collective) {
+  switch (collective) {
+    case Collective::all_reduce: return "all_reduce";
+    case Collective::broadcast: return "broadcast";
+    case Collective::all_gather: return "all_gather";
+    case Collective::reduce_scatter: return "reduce_scatter";
+  }
+  return "unknown";
+}
+
+bool OpSpec::same_operation(const OpSpec& other) const {
+  return collective == other.collective && dtype == other.dtype && op == other.op && root == other.root &&
+         count == other.count && tag == other.tag;
+}
+
+std::string OpSpec::describe() const {
+  std::ostringstream out;
+  out << collective_name(collective) << "(tag " << tag << ", " << count << " x " << dtype_name(dtype);
+  if (collective == Collective::all_reduce || collective == Collective::reduce_scatter) {
+    out << ", op " << kernels::reduce_op_name(op);
+  }
+  if (collective == Collective::broadcast) out << ", root " << root;
+  out << ")";
+  return out.str();
+}
+
+std::uint64_t ChunkLayout::chunk_begin(std::uint32_t chunk) const {
+  const std::uint64_t base = total / chunks;
+  return chunk * base + std::min<std::uint64_t>(chunk, total % chunks);
+}
+
+std::uint64_t ChunkLayout::chunk_length(std::uint32_t chunk) const {
+  return total / chunks + (chunk < total % chunks ? 1 : 0);
+}
+
+std::uint32_t ChunkLayout::segments(std::uint32_t chunk) const {
+  return static_cast<std::uint32_t>((chunk_length(chunk) + segment_elements - 1) / segment_elements);
+}
+
+std::uint64_t ChunkLayout::segment_begin(std::uint32_t chunk, std::uint32_t segment) const {
+  return chunk_begin(chunk) + std::uint64_t{segment} * segment_elements;
+}
+
+std::uint64_t ChunkLayout::segment_length(std::uint32_t chunk, std::uint32_t segment) const {
+  const std::uint64_t offset = std::uint64_t{segment} * segment_elements;
+  return std::min(segment_elements, chunk_length(chunk) - offset);
+}
+
+namespace {
+
+bool reduces(Collective collective) {
+  return collective == Collective::all_reduce || collective == Collective::reduce_scatter;
+}
+
+}  // namespace
+
+RingOp::RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, std::uint32_t world,
+               std::uint64_t segment_bytes, const void* input)
+    : spec_(spec),
+      sequence_(sequence),
+      rank_(rank),
+      world_(world),
+      input_(input),
+      accumulator_(reduces(spec.collective) ? kernels::accumulator_dtype(spec.dtype, spec.op) : spec.dtype) {
+  const std::size_t item = dtype_size(spec.dtype);
+  const std::size_t widest = std::max(item, dtype_size(accumulator_));
+  layout_.chunks = spec.collective == Collective::broadcast ? 1 : world;
+  layout_.total = spec.collective == Collective::all_gather ? spec.count * world : spec.count;
+  layout_.segment_elements = std::max<std::uint64_t>(1, segment_bytes / widest);
+  if (reduces(spec.collective)) accumulator_buffer_.resize(layout_.total * dtype_size(accumulator_));
+  const std::uint64_t result_elements =
+      spec.collective == Collective::reduce_scatter ? layout_.chunk_length(rank) : layout_.total;
+  result_.resize(result_elements * item);
+}
+
+OpStatus RingOp::wait(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait_until(lock, deadline, [&] { return status_ != OpStatus::running; });
+  return status_;
+}
+
+OpStatus RingOp::status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return status_;
+}
+
+bool RingOp::has_result() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return has_result_;
+}
+
+std::string RingOp::error() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return error_;
+}
+
+void RingOp::copy_result(void* destination) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  PYCOMM_ENFORCE(has_result_, "the result of ", spec_.describe(), " is not complete on this peer");
+  PYCOMM_ENFORCE(status_ != OpStatus::running, "the result of ", spec_.describe(),
+                 " is still being sent to the other peers");
+  if (!result_.empty()) std::memcpy(destination, result_.data(), result_.size());
+}
+
+void RingOp::finish(OpStatus status, const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (status_ != OpStatus::running) return;
+    status_ = status;
+    error_ = error;
+  }
+  changed_.notify_all();
+}
+
+void RingOp::mark_has_result() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  has_result_ = true;
+}
+
+}  // namespace pycomm::ft

@@ -1,0 +1,115 @@
+// One collective operation on a ring of peers: what it is, the byte layout it works on, and its
+// progress. The ring engine (ring_engine.h) drives it; the caller waits on it.
+//
+// Every operation works in scratch buffers it owns and never writes the caller's buffer while it
+// runs: the result is copied out only when the caller commits it. That is what lets an aborted
+// operation leave the caller's input exactly as it was, and lets survivors of a failure agree to
+// keep a result that every one of them holds (see the commit rule in pycomm/ft/communicator.py).
+//
+// Layout: the elements are cut into one chunk per peer (chunk c: the first count % n chunks hold
+// one element more) and each chunk into segments of at most `segment_elements`, the unit that
+// travels in one data frame and pipelines the ring.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+#include "kernels/reduce.h"
+
+namespace pycomm::ft {
+
+enum class Collective : std::uint8_t { all_reduce = 1, broadcast = 2, all_gather = 3, reduce_scatter = 4 };
+
+const char* collective_name(Collective collective);
+
+// What every peer must agree on for one operation; sent in every data frame and checked.
+struct OpSpec {
+  Collective collective = Collective::all_reduce;
+  DType dtype = DType::f32;
+  kernels::ReduceOp op = kernels::ReduceOp::sum;  // all_reduce, reduce_scatter
+  std::uint32_t root = 0;                          // broadcast
+  // all_reduce, broadcast: elements of the buffer; all_gather: elements each peer contributes;
+  // reduce_scatter: elements of the input (every peer's result is one chunk of it).
+  std::uint64_t count = 0;
+  std::uint64_t tag = 0;
+
+  bool same_operation(const OpSpec& other) const;
+  std::string describe() const;
+};
+
+// Phases a data frame belongs to.
+enum class Phase : std::uint8_t { reduce_scatter = 1, all_gather = 2, broadcast = 3, barrier = 4 };
+
+struct ChunkLayout {
+  std::uint64_t total = 0;  // elements over all chunks
+  std::uint32_t chunks = 1;
+  std::uint64_t segment_elements = 1;
+
+  std::uint64_t chunk_begin(std::uint32_t chunk) const;
+  std::uint64_t chunk_length(std::uint32_t chunk) const;
+  std::uint32_t segments(std::uint32_t chunk) const;
+  // Elements [first, first + length) of segment `segment` of `chunk`.
+  std::uint64_t segment_begin(std::uint32_t chunk, std::uint32_t segment) const;
+  std::uint64_t segment_length(std::uint32_t chunk, std::uint32_t segment) const;
+};
+
+enum class OpStatus : std::uint8_t { running, completed, failed };
+
+class RingOp {
+ public:
+  // `input` must stay valid and unchanged until the operation has completed or failed.
+  RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, std::uint32_t world,
+         std::uint64_t segment_bytes, const void* input);
+
+  const OpSpec& spec() const { return spec_; }
+  std::uint64_t sequence() const { return sequence_; }
+  std::size_t result_bytes() const { return result_.size(); }
+
+  // Blocks until the operation completes or fails, or until the deadline; returns the status then.
+  OpStatus wait(std::chrono::steady_clock::time_point deadline);
+  OpStatus status() const;
+  // True once this peer holds the whole result (it may still wait for the others to hold theirs).
+  bool has_result() const;
+  std::string error() const;
+  // Copies the result into `destination` (result_bytes() bytes). Allowed when completed, or after a
+  // failure when has_result() is true and the group decided to keep it.
+  void copy_result(void* destination) const;
+
+ private:
+  friend class RingEngine;
+
+  void finish(OpStatus status, const std::string& error);
+  void mark_has_result();
+
+  const OpSpec spec_;
+  const std::uint64_t sequence_;
+  const std::uint32_t rank_;
+  const std::uint32_t world_;
+  const void* const input_;
+  const DType accumulator_;
+  ChunkLayout layout_;
+  std::vector<unsigned char> accumulator_buffer_;  // reduce phases, in accumulator_ elements
+  std::vector<unsigned char> result_;
+
+  // Progress, touched only by the engine's thread.
+  std::uint64_t receives_left_ = 0;
+  std::uint64_t sends_queued_ = 0;  // frames queued and not yet fully written
+  std::vector<unsigned char> received_;  // one flag per expected data frame, to refuse duplicates
+  std::uint32_t tokens_received_ = 0;
+  std::vector<std::uint32_t> held_tokens_;  // barrier tokens to forward once this peer is done
+  bool data_done_ = false;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  OpStatus status_ = OpStatus::running;
+  bool has_result_ = false;
+  std::string error_;
+};
+
+}  // namespace pycomm::ft
