@@ -41,3 +41,17 @@ class ProtocolError(CommError):
 
 class CommTimeout(CommError, TimeoutError):
     """An operation passed its deadline."""
+
+
+class Aborted(CommError):
+    """A peer failed during a collective: the operation was abandoned on every survivor and the
+    caller's buffer holds its input again, bit for bit. Retry it: the group has a new epoch."""
+
+
+class Evicted(CommError):
+    """The group removed this peer (it stalled, lost its master connection for too long, or was
+    refused on re-registration). This communicator is unusable; connect a new one to rejoin."""
+
+
+class AuthenticationError(CommError):
+    """A peer or master did not prove knowledge of the group secret (or demanded one this side lacks)."""

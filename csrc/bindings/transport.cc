@@ -103,6 +103,18 @@ void bind_transport(py::module_& m) {
       },
       py::arg("data"), py::arg("max_payload") = transport::kDefaultMaxPayload);
 
+  m.def(
+      "decode_header",
+      [](const py::bytes& data, std::uint64_t max_payload) {
+        const std::string bytes = data;
+        PYCOMM_ENFORCE(bytes.size() == transport::kFrameHeaderBytes, "a frame header is ",
+                       transport::kFrameHeaderBytes, " bytes, got ", bytes.size());
+        const transport::FrameHeader header =
+            transport::decode_header(reinterpret_cast<const unsigned char*>(bytes.data()), max_payload);
+        return py::make_tuple(header.type, header.flags, header.length);
+      },
+      py::arg("data"), py::arg("max_payload") = transport::kDefaultMaxPayload);
+
   bind_connection(m);
 
   py::class_<Socket>(m, "Listener", "A listening TCP socket handing out framed connections.")

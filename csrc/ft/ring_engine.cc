@@ -310,13 +310,28 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
     early_.erase(early);
     for (EarlyFrame& frame : frames) {
       early_bytes_ -= frame.payload.size();
-      Incoming replay{frame.header, nullptr};
-      unsigned char* target = place(replay);
-      if (!frame.payload.empty()) std::memcpy(target, frame.payload.data(), frame.payload.size());
-      complete(replay);
+      replay(frame);
     }
   }
   maybe_complete(op);
+}
+
+void RingEngine::replay(const EarlyFrame& frame) {
+  Incoming replayed{frame.header, nullptr};
+  unsigned char* target = place(replayed);
+  if (!frame.payload.empty()) std::memcpy(target, frame.payload.data(), frame.payload.size());
+  complete(replayed);
+}
+
+// A frame whose operation had not started when its header arrived. The operation may have
+// started while its payload was being read: then it is delivered now, else kept for start().
+void RingEngine::stash_early(EarlyFrame frame) {
+  if (active_.count({frame.header.spec.tag, frame.header.sequence}) != 0) {
+    replay(frame);
+    return;
+  }
+  early_bytes_ += frame.payload.size();
+  early_[{frame.header.spec.tag, frame.header.sequence}].push_back(std::move(frame));
 }
 
 void RingEngine::queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t chunk,
@@ -536,9 +551,7 @@ bool RingEngine::read_available() {
       if (incoming_->op) {
         complete(*incoming_);
       } else {
-        const DataHeader& h = incoming_->header;
-        early_bytes_ += early_payload_.size();
-        early_[{h.spec.tag, h.sequence}].push_back(EarlyFrame{h, std::move(early_payload_)});
+        stash_early(EarlyFrame{incoming_->header, std::move(early_payload_)});
         early_payload_.clear();
       }
       write_available();

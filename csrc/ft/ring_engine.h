@@ -94,6 +94,8 @@ class RingEngine {
   // (null for a barrier token, or for an early frame: then in.op is null too).
   unsigned char* place(Incoming& in);
   void complete(Incoming& in);
+  void replay(const EarlyFrame& frame);
+  void stash_early(EarlyFrame frame);
   void deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t segment);
   void on_data_done(const std::shared_ptr<RingOp>& op);
   void maybe_complete(const std::shared_ptr<RingOp>& op);

@@ -1,0 +1,730 @@
+"""A peer of a pycomm.ft group: membership through the master, collectives on a ring of TCP links.
+
+The control plane (this module) talks to the master: it registers, waits for admission, beats
+its heart, and installs each epoch the master announces by opening the ring links of that epoch
+and handing them to a C++ ring engine (``pycomm._core.ft``), which runs every collective of the
+epoch without the master.
+
+When an operation fails (a neighbour vanished, a frame broke the protocol, the deadline passed)
+or the master ends the epoch (it evicted a silent peer), this peer stops its engine and reports,
+for every tag, how many operations it submitted and finished and whether it holds the result of
+the unfinished one. The master decides from all reports which unfinished operations the
+survivors keep (see :func:`pycomm.ft.master.decide_commits`) and starts the next epoch; each
+waiting operation then either returns its result or raises :class:`Aborted` with the caller's
+buffer untouched (the engine never writes it before the result is kept).
+
+Threads: a control reader and a heartbeat thread per communicator, plus the data listener's;
+:meth:`Communicator.close` stops and joins them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+import numpy as np
+
+from pycomm._arrays import as_array
+from pycomm._native import core
+from pycomm.errors import (
+    Aborted,
+    AuthenticationError,
+    CommError,
+    CommTimeout,
+    Evicted,
+    InvalidArgumentError,
+    NotSupportedError,
+    ProtocolError,
+)
+from pycomm.ft._links import DataListener, open_link
+from pycomm.ft._protocol import (
+    PROTOCOL_VERSION,
+    Channel,
+    Message,
+    field,
+    new_nonce,
+    parse_address,
+    secret_bytes,
+    sign,
+    verify,
+)
+
+_ft = core.ft
+
+REDUCE_OPS = ("sum", "avg", "prod", "min", "max")
+# Tags at or above this value are reserved for pycomm's own operations (pending_peers, shared state).
+INTERNAL_TAG_BASE = 1 << 63
+TAG_PENDING = INTERNAL_TAG_BASE + 1
+LINK_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OpInfo:
+    """What an in-place collective returns."""
+
+    epoch: int
+    world_size: int
+    rank: int
+    tag: int
+    seconds: float
+
+
+def _like_input(template: Any, array: np.ndarray, dtype: str) -> Any:
+    """`array` as the caller's kind of array: a torch tensor when the input was one."""
+    if type(template).__module__.split(".")[0] != "torch":
+        return array
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if dtype == "bfloat16":
+        tensor = tensor.view(torch.bfloat16)
+    return tensor
+
+
+def _user_tag(tag: Any, internal: bool = False) -> int:
+    limit = 1 << 64 if internal else INTERNAL_TAG_BASE
+    if not isinstance(tag, int) or isinstance(tag, bool) or not 0 <= tag < limit:
+        raise InvalidArgumentError(
+            f"tag must be an int in [0, 2**63) (larger tags are pycomm's own), got {tag!r}"
+        )
+    return tag
+
+
+class Work:
+    """A collective in flight; :meth:`wait` returns its result or raises :class:`Aborted`."""
+
+    def __init__(
+        self,
+        comm: Communicator,
+        handle: Any,
+        epoch: int,
+        description: str,
+        on_result: Callable[[Any], Any],
+        failure: str = "",
+    ) -> None:
+        self._comm = comm
+        self._handle = handle
+        self._epoch = epoch
+        self._description = description
+        self._on_result = on_result
+        self._failure = failure
+        self._started = time.perf_counter()
+        self._outcome: tuple[bool, Any] | None = None
+
+    @property
+    def tag(self) -> int:
+        return self._handle.tag if self._handle is not None else -1
+
+    def done(self) -> bool:
+        return self._outcome is not None or (self._handle is not None and self._handle.status == "completed")
+
+    def wait(self, timeout: float | None = None) -> Any:
+        if self._outcome is None:
+            try:
+                self._outcome = (True, self._settle(self._comm.timeout if timeout is None else timeout))
+            except BaseException as error:
+                self._outcome = (False, error)
+            finally:
+                self._comm._forget(self)
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+    def _settle(self, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        reason = self._failure
+        if self._handle is not None:
+            status = self._handle.wait(max(0.0, deadline - time.monotonic()))
+            if status == "running":
+                reason = f"{self._description} did not finish within {timeout:g} s"
+                self._comm._report_failure(self._epoch, reason)
+                status = self._handle.wait(LINK_TIMEOUT)
+            if status == "completed":
+                return self._keep()
+            reason = self._handle.error or reason
+        self._comm._report_failure(self._epoch, reason)
+        keep = self._handle is not None and self._comm._await_decision(
+            self._epoch, self._handle.tag, self._handle.sequence, deadline
+        )
+        if keep:
+            return self._keep()
+        raise Aborted(
+            f"{self._description} was abandoned in epoch {self._epoch}: {reason}; the group is now in epoch "
+            f"{self._comm.epoch} with {self._comm.world_size} peer(s)"
+        )
+
+    def _keep(self) -> Any:
+        return self._on_result(self._handle)
+
+
+class Communicator:
+    """One peer of a fault-tolerant group (see the module docstring and DESIGN.md).
+
+    ``master``: "host:port" of the :class:`~pycomm.ft.Master`. ``secret``: the group secret, if
+    the master has one. ``host``: the address this peer listens on for its neighbours.
+    ``timeout``: the deadline of every operation, in seconds. ``heartbeat_interval``: how often
+    the master hears from this peer. ``reconnect_timeout``: how long to keep re-registering
+    after the master connection breaks before giving up (the run goes on meanwhile).
+    """
+
+    def __init__(
+        self,
+        master: str,
+        peer_group: int = 0,
+        secret: str | bytes | None = None,
+        connections: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = 60.0,
+        heartbeat_interval: float = 0.2,
+        reconnect_timeout: float = 30.0,
+        segment_bytes: int = 256 * 1024,
+    ) -> None:
+        if connections not in (None, 1):
+            raise NotSupportedError(
+                "striping one operation over several connections per neighbour is not in this version; "
+                "use connections=None or 1"
+            )
+        if not isinstance(peer_group, int) or isinstance(peer_group, bool) or peer_group < 0:
+            raise InvalidArgumentError(f"peer_group must be a non-negative int, got {peer_group!r}")
+        self.master_address = master
+        self._master_host, self._master_port = parse_address(master)
+        self.peer_group = peer_group
+        self._secret = secret_bytes(secret)
+        self._host = host
+        self.timeout = float(timeout)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.reconnect_timeout = float(reconnect_timeout)
+        self._segment_bytes = int(segment_bytes)
+        self.peer_id = uuid.uuid4().hex
+        self._lock = threading.Condition(threading.RLock())
+        self._epoch = 0
+        self._members: list[dict] = []
+        self._rank = 0
+        self._engine: Any = None
+        self._reported_epoch: int | None = None
+        self._decisions: dict[int, set] = {}
+        self._pending_count = 0
+        self._evicted: str | None = None
+        self._closing = threading.Event()
+        self._inflight: dict[int, Work] = {}
+        self._channel: Channel | None = None
+        self._listener: DataListener | None = None
+        self._threads: list[threading.Thread] = []
+        self._last_synced_revision: int | None = None
+        self._newly_admitted = False
+        self._state_server: Any = None
+
+    # -- membership ---------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def world_size(self) -> int:
+        return len(self._members)
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def members(self) -> list[str]:
+        return [entry["id"] for entry in self._members]
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Registers with the master and returns once this peer is a member of the group."""
+        if self._channel is not None:
+            raise InvalidArgumentError("connect() was already called")
+        self._listener = DataListener(
+            self._host, self.peer_id, self.peer_group, self._secret, self._serve_fetch
+        )
+        try:
+            self._channel = self._open_control(rejoin=None)
+        except BaseException:
+            self._listener.close()
+            raise
+        self._start(self._control_loop, "pycomm-control")
+        self._start(self._heartbeat_loop, "pycomm-heartbeat")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._epoch == 0 and self._evicted is None and not self._closing.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CommTimeout(f"not admitted into group {self.peer_group} within {timeout:g} s")
+                self._lock.wait(left)
+            self._raise_if_unusable()
+            self._newly_admitted = True
+
+    def pending_peers(self) -> bool:
+        """True when peers wait for admission; the same answer on every member (it is agreed on
+        with a one-word all-reduce), so all members call :meth:`update_topology` together.
+
+        A newly admitted peer's first call, when it comes before any other collective, answers
+        False without communicating: the members that admitted it are then returning from their
+        update_topology(), the point that call stands for in the usual loop
+        ``if pending_peers(): update_topology(); sync_shared_state(...); ...``.
+        """
+        if self._newly_admitted:
+            self._newly_admitted = False
+            return False
+        return bool(self.agree_max(1 if self._pending_count > 0 else 0, TAG_PENDING))
+
+    def agree_max(self, value: int, tag: int) -> int:
+        """The largest of every member's small non-negative `value` (an internal all-reduce)."""
+        flag = np.array([value], dtype=np.uint64)
+        self._submit("all_reduce", flag, "uint64", "max", 0, tag, self._copy_back(flag)).wait()
+        return int(flag[0])
+
+    def update_topology(self, timeout: float | None = None) -> None:
+        """Admits the waiting peers: a collective among the members, with no operation in flight.
+        Returns in the new epoch (also when a failure replaced the epoch meanwhile)."""
+        with self._lock:
+            self._raise_if_unusable()
+            if self._inflight:
+                raise InvalidArgumentError(
+                    f"update_topology() with {len(self._inflight)} operation(s) in flight; "
+                    "wait for them first"
+                )
+            epoch = self._epoch
+        self._send_control(Message.UPDATE_TOPOLOGY, {"epoch": epoch})
+        self._wait_for_epoch_after(epoch, self.timeout if timeout is None else timeout)
+
+    def _wait_for_epoch_after(self, epoch: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._epoch <= epoch and self._evicted is None and not self._closing.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommTimeout(f"the master started no epoch after {epoch} within {timeout:g} s")
+                self._lock.wait(left)
+            self._raise_if_unusable()
+
+    def close(self) -> None:
+        """Leaves the group (the others see a graceful departure) and releases every resource."""
+        if self._closing.is_set():
+            return
+        channel = self._channel
+        if channel is not None and self._evicted is None:
+            with contextlib.suppress(CommError):
+                channel.send(Message.LEAVE, {}, timeout=1.0)
+        self._closing.set()
+        with self._lock:
+            engine, self._engine = self._engine, None
+            self._lock.notify_all()
+        if engine is not None:
+            engine.abort("the communicator was closed")
+        if channel is not None:
+            channel.close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self._listener is not None:
+            self._listener.close()
+
+    def __enter__(self) -> Communicator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- collectives --------------------------------------------------------------------------
+
+    def all_reduce(
+        self,
+        x: Any,
+        op: str = "sum",
+        quantization: str | None = None,
+        tag: int = 0,
+        *,
+        dtype: str | None = None,
+    ) -> OpInfo:
+        """Reduces x over all members in place; every member ends with identical bytes.
+
+        ``dtype`` names the element type where numpy cannot (``"bfloat16"`` for uint16 bit
+        patterns); torch tensors and ml_dtypes arrays say it themselves.
+        """
+        return self.all_reduce_async(x, op=op, quantization=quantization, tag=tag, dtype=dtype).wait()
+
+    def all_reduce_async(
+        self,
+        x: Any,
+        op: str = "sum",
+        quantization: str | None = None,
+        tag: int = 0,
+        *,
+        dtype: str | None = None,
+    ) -> Work:
+        if quantization is not None:
+            raise NotSupportedError(
+                f"quantization={quantization!r}: quantized all-reduce on the wire is not in this version; "
+                "use quantization=None"
+            )
+        if op not in REDUCE_OPS:
+            raise InvalidArgumentError(f"unknown reduce op {op!r}; one of {', '.join(REDUCE_OPS)}")
+        array, dtype = self._in_place_array(x, dtype)
+        return self._submit("all_reduce", array, dtype, op, 0, _user_tag(tag), self._copy_back(array))
+
+    def broadcast(self, x: Any, root: int = 0, tag: int = 0, *, dtype: str | None = None) -> OpInfo:
+        """Copies root's x into every member's x."""
+        return self.broadcast_async(x, root=root, tag=tag, dtype=dtype).wait()
+
+    def broadcast_async(self, x: Any, root: int = 0, tag: int = 0, *, dtype: str | None = None) -> Work:
+        array, dtype = self._in_place_array(x, dtype)
+        if not isinstance(root, int) or isinstance(root, bool) or root < 0:
+            raise InvalidArgumentError(f"root must be a rank, got {root!r}")
+        return self._submit("broadcast", array, dtype, "sum", root, _user_tag(tag), self._copy_back(array))
+
+    def all_gather(self, x: Any, tag: int = 0, *, dtype: str | None = None) -> Any:
+        """Every member's x, stacked: shape (world_size, *x.shape), in rank order."""
+        return self.all_gather_async(x, tag=tag, dtype=dtype).wait()
+
+    def all_gather_async(
+        self, x: Any, tag: int = 0, *, dtype: str | None = None, internal: bool = False
+    ) -> Work:
+        array, dtype = as_array(x, dtype=dtype)
+        array = np.ascontiguousarray(array)
+
+        def result(handle: Any) -> Any:
+            out = np.empty(handle.result_bytes // max(array.itemsize, 1), dtype=array.dtype)
+            handle.copy_result(out)
+            return _like_input(x, out.reshape((-1, *array.shape)), dtype)
+
+        return self._submit("all_gather", array, dtype, "sum", 0, _user_tag(tag, internal), result)
+
+    def reduce_scatter(self, x: Any, op: str = "sum", tag: int = 0, *, dtype: str | None = None) -> Any:
+        """Reduces x over all members and returns this member's chunk of the flattened result:
+        chunk r of n holds elements [r * k + min(r, m), ...) where k, m = divmod(x.size, n)."""
+        return self.reduce_scatter_async(x, op=op, tag=tag, dtype=dtype).wait()
+
+    def reduce_scatter_async(
+        self, x: Any, op: str = "sum", tag: int = 0, *, dtype: str | None = None
+    ) -> Work:
+        if op not in REDUCE_OPS:
+            raise InvalidArgumentError(f"unknown reduce op {op!r}; one of {', '.join(REDUCE_OPS)}")
+        array, dtype = as_array(x, dtype=dtype)
+        array = np.ascontiguousarray(array)
+
+        def result(handle: Any) -> Any:
+            out = np.empty(handle.result_bytes // max(array.itemsize, 1), dtype=array.dtype)
+            handle.copy_result(out)
+            return _like_input(x, out, dtype)
+
+        return self._submit("reduce_scatter", array, dtype, op, 0, _user_tag(tag), result)
+
+    def sync_shared_state(self, state: Any, strategy: str = "enforce_popular") -> Any:
+        """Makes every member's shared state identical; see :mod:`pycomm.ft.shared_state`."""
+        from pycomm.ft.shared_state import synchronize
+
+        return synchronize(self, state, strategy)
+
+    def optimize_topology(self) -> None:
+        raise NotSupportedError(
+            "optimize_topology(): measuring links and reordering the ring is not in this version"
+        )
+
+    # -- internals: submitting and settling operations ----------------------------------------
+
+    @staticmethod
+    def _in_place_array(x: Any, dtype: str | None) -> tuple[np.ndarray, str]:
+        array, dtype = as_array(x, dtype=dtype)
+        if not array.flags.c_contiguous:
+            raise InvalidArgumentError("x must be C-contiguous: the result is written into it in place")
+        if not array.flags.writeable:
+            raise InvalidArgumentError("x is read-only: the result is written into it in place")
+        return array, dtype
+
+    def _copy_back(self, array: np.ndarray) -> Callable[[Any], OpInfo]:
+        flat = array.reshape(-1)
+        started = time.perf_counter()
+        epoch, world, rank = self._epoch, self.world_size, self._rank
+
+        def result(handle: Any) -> OpInfo:
+            handle.copy_result(flat)
+            return OpInfo(epoch, world, rank, handle.tag, time.perf_counter() - started)
+
+        return result
+
+    def _submit(
+        self,
+        collective: str,
+        array: np.ndarray,
+        dtype: str,
+        op: str,
+        root: int,
+        tag: int,
+        on_result: Callable,
+    ) -> Work:
+        flat = array.reshape(-1)
+        if tag != TAG_PENDING:
+            self._newly_admitted = False
+        with self._lock:
+            self._raise_if_unusable()
+            if tag in self._inflight:
+                raise InvalidArgumentError(
+                    f"an operation with tag {tag} is already in flight; use another tag"
+                )
+            if collective == "broadcast" and root >= max(self.world_size, 1):
+                raise InvalidArgumentError(f"root {root} is not a rank of a group of {self.world_size}")
+            engine, epoch = self._engine, self._epoch
+            description = f"{collective}(tag {tag}, {flat.size} x {dtype})"
+            if engine is None:
+                work = Work(self, None, epoch, description, on_result, failure=f"epoch {epoch} has no ring")
+            else:
+                handle = engine.submit(collective, flat, dtype, op, flat.size, root, tag)
+                work = Work(self, handle, epoch, description, on_result)
+            self._inflight[tag] = work
+        return work
+
+    def _forget(self, work: Work) -> None:
+        with self._lock:
+            for tag, known in list(self._inflight.items()):
+                if known is work:
+                    del self._inflight[tag]
+
+    def _report_failure(self, epoch: int, reason: str) -> None:
+        """Ends `epoch` on this peer (once): stops its engine and sends the master its op states."""
+        with self._lock:
+            if epoch != self._epoch or self._reported_epoch == epoch or self._evicted is not None:
+                return
+            self._reported_epoch = epoch
+            engine = self._engine
+        states = []
+        if engine is not None:
+            engine.abort(reason)
+            states = [[t, s, c, h] for t, s, c, h in engine.tag_states()]
+        # If the master is gone, the report is repeated after re-registering.
+        with contextlib.suppress(CommError):
+            self._send_control(Message.FAILURE, {"epoch": epoch, "reason": reason[:400], "tags": states})
+
+    def _await_decision(self, epoch: int, tag: int, sequence: int, deadline: float) -> bool:
+        with self._lock:
+            while epoch not in self._decisions:
+                self._raise_if_unusable()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommTimeout(f"the master did not start a new epoch after epoch {epoch} in time")
+                self._lock.wait(left)
+            return (tag, sequence) in self._decisions[epoch]
+
+    def _raise_if_unusable(self) -> None:
+        if self._evicted is not None:
+            raise Evicted(f"this peer is no longer in the group: {self._evicted}")
+        if self._closing.is_set():
+            raise CommError("the communicator is closed")
+
+    # -- internals: the control connection ----------------------------------------------------
+
+    def _start(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _open_control(self, rejoin: dict | None) -> Channel:
+        try:
+            sock = socket.create_connection((self._master_host, self._master_port), timeout=LINK_TIMEOUT)
+        except OSError as error:
+            raise CommError(f"cannot reach the master at {self.master_address}: {error}") from error
+        channel = Channel(sock)
+        try:
+            challenge = channel.expect(Message.CHALLENGE, timeout=LINK_TIMEOUT)
+            version = field(challenge, "version", int)
+            if version != PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"the master speaks protocol version {version}, this peer {PROTOCOL_VERSION}"
+                )
+            if challenge.get("auth") is True and self._secret is None:
+                raise AuthenticationError("the master requires a group secret and none was given")
+            nonce = new_nonce()
+            host = self._host
+            if host in ("", "0.0.0.0", "::"):
+                host = sock.getsockname()[0]
+            hello = {
+                "version": PROTOCOL_VERSION,
+                "peer_id": self.peer_id,
+                "peer_group": self.peer_group,
+                "host": host,
+                "port": self._listener.port,
+                "nonce": nonce,
+                "mac": sign(
+                    self._secret, field(challenge, "nonce", str), "hello", self.peer_id, self.peer_group
+                ),
+                "rejoin": rejoin,
+            }
+            channel.send(Message.HELLO, hello)
+            welcome = channel.expect(Message.WELCOME, timeout=LINK_TIMEOUT)
+            verify(self._secret, welcome.get("mac"), nonce, "welcome", self.peer_id)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    def _send_control(self, kind: Message, body: dict) -> None:
+        channel = self._channel
+        if channel is None:
+            raise CommError("not connected")
+        channel.send(kind, body, timeout=2.0)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._closing.wait(self.heartbeat_interval):
+            channel = self._channel
+            if channel is None or channel.closed:
+                continue
+            # A failure is the control loop's to notice (it re-registers).
+            with contextlib.suppress(CommError):
+                channel.send(Message.HEARTBEAT, {}, timeout=1.0)
+
+    def _control_loop(self) -> None:
+        while not self._closing.is_set():
+            channel = self._channel
+            try:
+                kind, body = channel.receive(timeout=None)
+                self._on_control(kind, body)
+            except Evicted as error:
+                self._mark_evicted(str(error))
+                return
+            except (CommError, OSError) as error:
+                if self._closing.is_set() or self._evicted is not None:
+                    return
+                channel.close()
+                if not self._reconnect(error):
+                    return
+
+    def _on_control(self, kind: Message, body: dict) -> None:
+        if kind == Message.EPOCH:
+            self._install_epoch(body)
+        elif kind == Message.END_EPOCH:
+            self._report_failure(field(body, "epoch", int), str(field(body, "reason", str)))
+        elif kind == Message.PENDING:
+            self._pending_count = field(body, "count", int)
+        elif kind == Message.EVICTED:
+            raise Evicted(str(body.get("reason", "no reason given"))[:500])
+        else:
+            raise ProtocolError(f"the master may not send {kind.name} here")
+
+    def _reconnect(self, error: Exception) -> bool:
+        """Re-registers with a restarted (or reachable again) master; False once evicted."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        while not self._closing.is_set():
+            with self._lock:
+                rejoin = {"epoch": self._epoch, "members": self._members}
+            try:
+                self._channel = self._open_control(rejoin)
+            except (Evicted, AuthenticationError) as refused:
+                self._mark_evicted(str(refused))
+                return False
+            except (CommError, OSError):
+                if time.monotonic() > deadline:
+                    self._mark_evicted(
+                        f"lost the master at {self.master_address} ({error}) and could not re-register "
+                        f"within {self.reconnect_timeout:g} s"
+                    )
+                    return False
+                self._closing.wait(0.1)
+                continue
+            with self._lock:
+                reported = self._reported_epoch == self._epoch
+                epoch = self._epoch
+            if reported:
+                # The failure report may have died with the old master: repeat it.
+                self._reported_epoch = None
+                self._report_failure(epoch, "repeated after the master came back")
+            return True
+        return False
+
+    def _install_epoch(self, body: dict) -> None:
+        epoch = field(body, "epoch", int)
+        members = field(body, "members", list)
+        commits = field(body, "commits", list)
+        entries = []
+        for entry in members:
+            if not isinstance(entry, dict):
+                raise ProtocolError("a member entry must be an object")
+            entries.append(
+                {
+                    "id": field(entry, "id", str),
+                    "host": field(entry, "host", str),
+                    "port": field(entry, "port", int),
+                }
+            )
+        kept = set()
+        for pair in commits:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)):
+                raise ProtocolError(f"bad commit entry {pair!r:.80}")
+            kept.add((pair[0], pair[1]))
+        with self._lock:
+            if epoch <= self._epoch:
+                return
+            old_epoch, old_engine = self._epoch, self._engine
+        if old_engine is not None:
+            old_engine.abort(f"epoch {old_epoch} ended")
+        ids = [entry["id"] for entry in entries]
+        if self.peer_id not in ids:
+            self._mark_evicted(f"epoch {epoch} does not include this peer")
+            return
+        rank = ids.index(self.peer_id)
+        engine, failure = None, None
+        try:
+            engine = self._build_ring(epoch, entries, rank)
+        except (CommError, OSError) as error:
+            failure = f"could not form the ring of epoch {epoch}: {error}"
+        with self._lock:
+            self._decisions[old_epoch] = kept
+            for old in [e for e in self._decisions if e < old_epoch - 16]:
+                del self._decisions[old]
+            self._epoch, self._members, self._rank, self._engine = epoch, entries, rank, engine
+            self._reported_epoch = None
+            self._lock.notify_all()
+        if failure is not None:
+            self._report_failure(epoch, failure)
+
+    def _build_ring(self, epoch: int, members: list[dict], rank: int) -> Any:
+        world = len(members)
+        if world == 1:
+            return _ft.RingEngine(-1, -1, 0, 1, segment_bytes=self._segment_bytes)
+        after = members[(rank + 1) % world]
+        before = members[(rank - 1) % world]
+        link = open_link(
+            after["host"],
+            after["port"],
+            kind="ring",
+            group=self.peer_group,
+            epoch=epoch,
+            sender=self.peer_id,
+            receiver=after["id"],
+            secret=self._secret,
+            timeout=LINK_TIMEOUT,
+        )
+        try:
+            incoming = self._listener.take_ring_link(epoch, before["id"], LINK_TIMEOUT)
+        except BaseException:
+            link.close()
+            raise
+        return _ft.RingEngine(
+            link.sock.detach(), incoming.detach(), rank, world, segment_bytes=self._segment_bytes
+        )
+
+    def _mark_evicted(self, reason: str) -> None:
+        with self._lock:
+            if self._evicted is None:
+                self._evicted = reason
+            engine, self._engine = self._engine, None
+            self._lock.notify_all()
+        if engine is not None:
+            engine.abort(f"evicted: {reason}")
+
+    def _shared_state_server(self) -> Any:
+        from pycomm.ft.shared_state import _FetchServer
+
+        if self._state_server is None:
+            self._state_server = _FetchServer()
+        return self._state_server
+
+    def _serve_fetch(self, channel: Channel) -> None:
+        self._shared_state_server().serve(channel)
