@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pycomm.cli import bench, info, planned
+from pycomm.cli import bench, info, master, planned, stress
 from pycomm.errors import PycommError
 
 
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     info.register(subparsers)
     bench.register(subparsers)
+    master.register(subparsers)
+    stress.register(subparsers)
     planned.register(subparsers)
     return parser
 

@@ -12,8 +12,6 @@ from typing import Any
 from pycomm.errors import NotSupportedError
 
 PLANNED = {
-    "master": "run the membership master of the fault-tolerant collectives",
-    "stress": "churn/WAN stress run of the fault-tolerant collectives",
     "tune": "measure the datatype send-method model",
     "topo": "topology, partition plans and the cost model",
     "interpose": "run a command with the MPI datatype interposer preloaded",

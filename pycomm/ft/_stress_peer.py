@@ -104,7 +104,9 @@ def peer_session(args: argparse.Namespace, counters: dict, joined_before: bool) 
     comm = Communicator(args.master, timeout=args.timeout, secret=args.secret)
     try:
         comm.connect(timeout=args.timeout)
-        _emit({"joined": comm.epoch, "world": comm.world_size, "rejoin": joined_before})
+        _emit(
+            {"joined": comm.epoch, "world": comm.world_size, "peer_id": comm.peer_id, "rejoin": joined_before}
+        )
         state = SharedState({"w": np.zeros(STATE_ELEMENTS, np.float64)}, revision=0)
         fresh = True
         while True:

@@ -25,7 +25,7 @@ import dataclasses
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pycomm.errors import AuthenticationError, CommError, ProtocolError
 from pycomm.ft._protocol import (
@@ -128,7 +128,8 @@ class Master:
     ``address`` is ``"host:port"`` (port 0 picks a free one). ``secret``: peers must prove they know
     it. ``heartbeat_timeout``: silence after which a member is evicted; ``recovery_timeout``: how
     long survivors have to report after an epoch ends; ``rejoin_grace``: after a restart, how long
-    the members of the adopted epoch have to re-register.
+    the members of the adopted epoch have to re-register. ``log``: called with each membership
+    event (admissions, evictions, epochs).
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class Master:
         heartbeat_timeout: float = 1.5,
         recovery_timeout: float = 2.0,
         rejoin_grace: float = 3.0,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self._secret = secret_bytes(secret)
         self.heartbeat_timeout = float(heartbeat_timeout)
@@ -154,7 +156,8 @@ class Master:
         self._groups: dict[int, _Group] = {}
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
-        self.events: list[tuple[float, str]] = []  # (time, what) for tests and the CLI
+        self.events: list[tuple[float, str]] = []  # (time, what): the last 1000, for tests
+        self._log_callback = log
         self._start(self._accept_loop, "pycomm-master-accept")
         self._start(self._monitor_loop, "pycomm-master-monitor")
 
@@ -200,6 +203,8 @@ class Master:
         with self._lock:
             self.events.append((time.monotonic(), what))
             del self.events[:-1000]
+        if self._log_callback is not None:
+            self._log_callback(what)
 
     def _accept_loop(self) -> None:
         while not self._closing.is_set():
