@@ -219,6 +219,7 @@ class Communicator:
         self._threads: list[threading.Thread] = []
         self._last_synced_revision: int | None = None
         self._newly_admitted = False
+        self._admitted: list[str] = []  # peers admitted into the current epoch
         self._state_server: Any = None
 
     # -- membership ---------------------------------------------------------------------------
@@ -261,16 +262,18 @@ class Communicator:
                     raise CommTimeout(f"not admitted into group {self.peer_group} within {timeout:g} s")
                 self._lock.wait(left)
             self._raise_if_unusable()
-            self._newly_admitted = True
+            # Members that admitted this peer are returning from update_topology() (see pending_peers).
+            self._newly_admitted = any(member not in self._admitted for member in self.members)
 
     def pending_peers(self) -> bool:
         """True when peers wait for admission; the same answer on every member (it is agreed on
         with a one-word all-reduce), so all members call :meth:`update_topology` together.
 
-        A newly admitted peer's first call, when it comes before any other collective, answers
-        False without communicating: the members that admitted it are then returning from their
-        update_topology(), the point that call stands for in the usual loop
-        ``if pending_peers(): update_topology(); sync_shared_state(...); ...``.
+        A peer admitted into a group that already had members answers its first call False
+        without communicating, when that call comes before any other collective: the members that
+        admitted it are then returning from their update_topology(), the point that call stands
+        for in the usual loop ``if pending_peers(): update_topology(); sync_shared_state(...); ...``.
+        (A loop that starts with another collective works too: that collective clears the rule.)
         """
         if self._newly_admitted:
             self._newly_admitted = False
@@ -642,6 +645,7 @@ class Communicator:
         epoch = field(body, "epoch", int)
         members = field(body, "members", list)
         commits = field(body, "commits", list)
+        admitted = [str(peer) for peer in body.get("admitted", []) if isinstance(peer, str)]
         entries = []
         for entry in members:
             if not isinstance(entry, dict):
@@ -679,6 +683,7 @@ class Communicator:
             for old in [e for e in self._decisions if e < old_epoch - 16]:
                 del self._decisions[old]
             self._epoch, self._members, self._rank, self._engine = epoch, entries, rank, engine
+            self._admitted = admitted
             self._reported_epoch = None
             self._lock.notify_all()
         if failure is not None:

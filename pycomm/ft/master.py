@@ -430,16 +430,24 @@ class Master:
 
     def _new_epoch(self, group_id: int, admit_pending: bool, commits: list, reason: str) -> None:
         group = self._groups[group_id]
+        admitted = []
         if admit_pending:
             for peer_id in group.pending:
                 session = self._sessions.get(peer_id)
                 if session is not None and session.alive:
                     group.members.append(session.member_entry())
+                    admitted.append(peer_id)
             group.pending.clear()
         group.epoch += 1
         group.update_requests.clear()
         self._log(f"group {group_id}: epoch {group.epoch} with {len(group.members)} member(s) ({reason})")
-        message = {"epoch": group.epoch, "members": group.members, "commits": commits, "reason": reason}
+        message = {
+            "epoch": group.epoch,
+            "members": group.members,
+            "admitted": admitted,
+            "commits": commits,
+            "reason": reason,
+        }
         for peer_id in group.member_ids():
             self._send(peer_id, Message.EPOCH, message)
         self._tell_pending(group)

@@ -1,0 +1,239 @@
+"""pycomm.ft collectives inside one epoch: results equal numpy's on every dtype and op for world sizes
+1-6, every peer ends with identical bytes, concurrent tagged operations, wrong use gets clear errors.
+
+Peers are communicators in this process, one thread each (pycomm.testing.ft); the fault tests
+with real processes are in test_ft_faults.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pycomm import kernels
+from pycomm.errors import Aborted, InvalidArgumentError, NotSupportedError
+from pycomm.testing.ft import local_group, on_all
+
+DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
+          "uint8", "uint16", "uint32", "uint64")
+OPS = ("sum", "prod", "min", "max", "avg")
+
+
+def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, rounded to nearest even (inputs here are finite)."""
+    bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def peer_input(dtype: str, op: str, rank: int, size: int) -> np.ndarray:
+    """Integer-valued inputs whose reduction is exact in every dtype for up to 6 peers."""
+    rng = np.random.default_rng(1000 * rank + DTYPES.index(dtype) * 10 + OPS.index(op))
+    if op == "prod":
+        values = rng.integers(1, 3, size)  # products up to 2**6
+    elif op in ("min", "max"):
+        values = rng.integers(-60, 60, size) if dtype[0] in "if" or dtype == "bfloat16" else rng.integers(0, 120, size)
+    else:
+        values = rng.integers(0, 20, size)
+    if dtype == "bfloat16":
+        return to_bfloat16_bits(values)
+    return values.astype(dtype)
+
+
+def reference(inputs: list[np.ndarray], dtype: str, op: str) -> np.ndarray:
+    values = [to_float(x, dtype) if dtype == "bfloat16" else x.astype(np.float64) for x in inputs]
+    stacked = np.stack(values)
+    if op == "sum":
+        exact = stacked.sum(axis=0)
+    elif op == "prod":
+        exact = stacked.prod(axis=0)
+    elif op == "min":
+        exact = stacked.min(axis=0)
+    elif op == "max":
+        exact = stacked.max(axis=0)
+    elif dtype in ("float16", "bfloat16"):
+        # The documented rule for 16-bit floats: computed in float32, rounded once when stored.
+        exact = stacked.astype(np.float32).sum(axis=0) / np.float32(len(inputs))
+    else:
+        exact = stacked.sum(axis=0) / len(inputs)
+        if dtype[0] in "iu":
+            exact = np.trunc(exact)
+    if dtype == "bfloat16":
+        return to_bfloat16_bits(exact.astype(np.float32))
+    return exact.astype(dtype)
+
+
+def to_float(bits: np.ndarray, dtype: str) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 5, 6])
+def test_all_reduce_equals_numpy_on_every_dtype_and_op(world: int) -> None:
+    size = 1000 + world  # not a multiple of the world size: uneven chunks
+    with local_group(world, segment_bytes=1024) as (_, comms):
+
+        def run(comm) -> dict:
+            results = {}
+            for tag, (dtype, op) in enumerate((d, o) for d in DTYPES for o in OPS):
+                x = peer_input(dtype, op, comm.rank, size)
+                comm.all_reduce(x, op=op, tag=tag, dtype=dtype)
+                results[(dtype, op)] = x
+            return results
+
+        per_peer = on_all(comms, run)
+        for dtype in DTYPES:
+            for op in OPS:
+                inputs = [peer_input(dtype, op, rank, size) for rank in range(world)]
+                expected = reference(inputs, dtype, op)
+                for rank in range(world):
+                    got = per_peer[rank][(dtype, op)]
+                    assert got.tobytes() == expected.tobytes(), (dtype, op, rank)
+
+
+def test_float_sums_are_bit_identical_on_every_peer() -> None:
+    # Random floats: the ring's sum order differs from numpy's, but every peer holds the same bytes.
+    with local_group(4) as (_, comms):
+
+        def run(comm) -> np.ndarray:
+            x = np.random.default_rng(comm.rank).standard_normal(100_003).astype(np.float32)
+            comm.all_reduce(x)
+            return x
+
+        results = on_all(comms, run)
+        inputs = [np.random.default_rng(r).standard_normal(100_003).astype(np.float32) for r in range(4)]
+        np.testing.assert_allclose(results[0], np.sum(inputs, axis=0), rtol=1e-5, atol=1e-5)
+        assert all(r.tobytes() == results[0].tobytes() for r in results)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_broadcast_all_gather_and_reduce_scatter(world: int) -> None:
+    with local_group(world, segment_bytes=256) as (_, comms):
+
+        def run(comm):
+            r = comm.rank
+            b = np.full(777, -1, np.int32) if r != world - 1 else np.arange(777, dtype=np.int32)
+            comm.broadcast(b, root=world - 1)
+            gathered = comm.all_gather(np.full((3, 2), r, np.float64) + np.arange(6).reshape(3, 2))
+            scattered = comm.reduce_scatter(np.arange(1001, dtype=np.int64) * (r + 1))
+            return r, b, gathered, scattered
+
+        results = on_all(comms, run)
+        total = np.arange(1001, dtype=np.int64) * sum(range(1, world + 1))
+        chunks = np.array_split(total, world)
+        for rank, b, gathered, scattered in results:
+            assert np.array_equal(b, np.arange(777))
+            assert gathered.shape == (world, 3, 2)
+            for source in range(world):
+                assert np.array_equal(gathered[source], source + np.arange(6).reshape(3, 2))
+            assert np.array_equal(scattered, chunks[rank])
+
+
+def test_concurrent_tagged_operations_in_different_orders_on_each_peer() -> None:
+    with local_group(3, segment_bytes=4096) as (_, comms):
+
+        def run(comm):
+            arrays = {tag: np.full(50_000, tag + comm.rank, np.float64) for tag in range(8)}
+            order = list(range(8))
+            if comm.rank % 2:
+                order.reverse()
+            works = {tag: comm.all_reduce_async(arrays[tag], tag=tag) for tag in order}
+            for tag in reversed(order):
+                works[tag].wait()
+            return arrays
+
+        for arrays in on_all(comms, run):
+            for tag, array in arrays.items():
+                assert np.all(array == 3 * tag + 3)
+
+
+def test_torch_cpu_tensors_in_place_and_as_results() -> None:
+    torch = pytest.importorskip("torch")
+    with local_group(2) as (_, comms):
+
+        def run(comm):
+            x = torch.arange(10, dtype=torch.bfloat16) * (comm.rank + 1)
+            comm.all_reduce(x)
+            y = torch.ones(4, dtype=torch.float32) * comm.rank
+            gathered = comm.all_gather(y)
+            return x, gathered
+
+        for x, gathered in on_all(comms, run):
+            assert x.dtype == torch.bfloat16
+            assert torch.equal(x, torch.arange(10, dtype=torch.bfloat16) * 3)
+            assert isinstance(gathered, torch.Tensor) and gathered.shape == (2, 4)
+            assert torch.equal(gathered[1], torch.ones(4))
+
+
+def test_wrong_use_gets_clear_errors() -> None:
+    with local_group(1) as (_, (comm,)):
+        x = np.zeros(8, np.float32)
+        with pytest.raises(NotSupportedError, match="quantiz"):
+            comm.all_reduce(x, quantization="int8")
+        with pytest.raises(InvalidArgumentError, match="reduce op"):
+            comm.all_reduce(x, op="mean")
+        with pytest.raises(InvalidArgumentError, match="tag"):
+            comm.all_reduce(x, tag=-1)
+        with pytest.raises(InvalidArgumentError, match="tag"):
+            comm.all_reduce(x, tag=1 << 63)
+        with pytest.raises(InvalidArgumentError, match="contiguous"):
+            comm.all_reduce(np.zeros((4, 4), np.float32)[:, 1])
+        read_only = np.zeros(4, np.float32)
+        read_only.flags.writeable = False
+        with pytest.raises(InvalidArgumentError, match="read-only"):
+            comm.all_reduce(read_only)
+        with pytest.raises(InvalidArgumentError, match="dtype"):
+            comm.all_reduce(np.zeros(4, np.complex64))
+        with pytest.raises(InvalidArgumentError, match="root"):
+            comm.broadcast(x, root=3)
+        with pytest.raises(NotSupportedError):
+            comm.optimize_topology()
+    from pycomm.ft import Communicator
+
+    with pytest.raises(NotSupportedError, match="connections"):
+        Communicator("127.0.0.1:1", connections=4)
+    with pytest.raises(ValueError, match="host:port"):
+        Communicator("localhost")
+
+
+def test_a_tag_in_flight_twice_is_refused() -> None:
+    with local_group(2) as (_, comms):
+
+        def run(comm):
+            x = np.ones(1 << 20, np.float32)
+            work = comm.all_reduce_async(x, tag=5)
+            with pytest.raises(InvalidArgumentError, match="already in flight"):
+                comm.all_reduce_async(np.ones(4, np.float32), tag=5)
+            work.wait()
+            return x
+
+        for x in on_all(comms, run):
+            assert np.all(x == 2)
+
+
+def test_peers_that_disagree_about_an_operation_abort_it_with_a_reason() -> None:
+    with local_group(2) as (master, comms):
+
+        def run(comm):
+            x = np.ones(100 + comm.rank, np.float32)  # different sizes: a bug in the caller
+            original = x.copy()
+            with pytest.raises(Aborted) as raised:
+                comm.all_reduce(x)
+            assert np.array_equal(x, original)
+            y = np.ones(10, np.float32)
+            comm.all_reduce(y)  # the group goes on in the next epoch
+            return str(raised.value), y
+
+        for message, y in on_all(comms, run):
+            assert np.all(y == 2)
+        assert any("disagree" in text for _, text in master.events)
+
+
+def test_content_hash_of_results_agrees_across_peers_for_large_buffers() -> None:
+    with local_group(3) as (_, comms):
+
+        def run(comm):
+            x = np.random.default_rng(comm.rank).integers(0, 100, 3_000_000).astype(np.float32)
+            comm.all_reduce(x, op="max")
+            return kernels.hash64(x)
+
+        hashes = on_all(comms, run)
+        assert len(set(hashes)) == 1
