@@ -14,8 +14,20 @@ from pycomm import kernels
 from pycomm.errors import Aborted, InvalidArgumentError, NotSupportedError
 from pycomm.testing.ft import local_group, on_all
 
-DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
-          "uint8", "uint16", "uint32", "uint64")
+DTYPES = (
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+)
 OPS = ("sum", "prod", "min", "max", "avg")
 
 
@@ -31,7 +43,11 @@ def peer_input(dtype: str, op: str, rank: int, size: int) -> np.ndarray:
     if op == "prod":
         values = rng.integers(1, 3, size)  # products up to 2**6
     elif op in ("min", "max"):
-        values = rng.integers(-60, 60, size) if dtype[0] in "if" or dtype == "bfloat16" else rng.integers(0, 120, size)
+        values = (
+            rng.integers(-60, 60, size)
+            if dtype[0] in "if" or dtype == "bfloat16"
+            else rng.integers(0, 120, size)
+        )
     else:
         values = rng.integers(0, 20, size)
     if dtype == "bfloat16":
@@ -222,7 +238,7 @@ def test_peers_that_disagree_about_an_operation_abort_it_with_a_reason() -> None
             comm.all_reduce(y)  # the group goes on in the next epoch
             return str(raised.value), y
 
-        for message, y in on_all(comms, run):
+        for _, y in on_all(comms, run):
             assert np.all(y == 2)
         assert any("disagree" in text for _, text in master.events)
 

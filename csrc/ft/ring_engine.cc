@@ -155,7 +155,10 @@ void RingEngine::abort(const std::string& reason) {
     }
   }
   wake();
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  if (thread_.get_id() == std::this_thread::get_id()) return;
+  // Several threads may abort at once (the caller's deadline, the control plane, close()).
+  std::lock_guard<std::mutex> lock(join_mutex_);
+  if (thread_.joinable()) thread_.join();
 }
 
 bool RingEngine::failed() const {

@@ -133,6 +133,7 @@ class RingEngine {
 
   std::atomic<std::uint64_t> bytes_sent_{0};
   std::atomic<std::uint64_t> bytes_received_{0};
+  std::mutex join_mutex_;  // serialises joining thread_
   std::thread thread_;
 };
 

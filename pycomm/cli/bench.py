@@ -1,8 +1,10 @@
 """``pycomm bench``: pycomm measured side by side with its anchors in one run.
 
 ``bench reduce`` times the byte kernels every collective runs on (reductions, quantizers, casts, the
-content hash) against numpy, with memcpy of the same size as the bound. The harness and the cases
-live in :mod:`pycomm.benchmarks`; this module only reads options and writes the output. The other
+content hash) against numpy, with memcpy of the same size as the bound. ``bench allreduce`` times
+pycomm.ft's all-reduce against MPICH (mpi4py) and gloo (torch.distributed) on 2 and 4 local peers,
+and pycomm's recovery, join and eviction times. The harness and the cases live in
+:mod:`pycomm.benchmarks`; this module only reads options and writes the output. The other
 benchmarks of the documented interface are listed but fail clearly until they ship.
 """
 
@@ -20,7 +22,6 @@ if TYPE_CHECKING:
     from pycomm.benchmarks import Bound, Case, CaseResult, Settings
 
 PLANNED = {
-    "allreduce": "all-reduce against MPICH (mpi4py), gloo and loopback TCP",
     "pack": "datatype pack/unpack against MPI_Pack and memcpy",
     "hier": "hierarchical all-gather / reduce-scatter against flat collectives",
 }
@@ -34,6 +35,7 @@ def register(subparsers: Any) -> None:
     )
     benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     _register_reduce(benchmarks)
+    _register_allreduce(benchmarks)
     for name, purpose in PLANNED.items():
         planned = benchmarks.add_parser(
             name,
@@ -204,3 +206,117 @@ def _title(machine: dict[str, Any]) -> str:
         f"core(s), kernels {machine['build']['kernel_isa_active']} on up to {machine['kernel_threads']} "
         f"thread(s), numpy {machine['numpy']}, {machine['date']}"
     )
+
+
+def _register_allreduce(benchmarks: Any) -> None:
+    from pycomm.benchmarks import allreduce as suite
+    from pycomm.benchmarks.units import format_size
+
+    parser = benchmarks.add_parser(
+        "allreduce",
+        help="pycomm.ft all-reduce against MPICH (mpi4py) and gloo (torch), plus recovery/join/eviction",
+        description=(
+            "Times pycomm.ft's fault-tolerant all-reduce, MPICH's MPI_Allreduce (mpi4py, under mpiexec) "
+            "and gloo's (torch.distributed) on groups of local processes in the same run, repetitions "
+            "interleaved, every system's results checked exactly first. Reports median latency, bus "
+            "bandwidth (2(n-1)/n x bytes / median time) and the ratios pycomm/gloo and pycomm/MPICH; "
+            "then, for pycomm only, the time to recover from a SIGKILLed peer, for a newcomer to join, "
+            "and for the master to evict a SIGSTOPped peer."
+        ),
+    )
+    sizes = ",".join(format_size(s).replace(" ", "") for s in suite.DEFAULT_SIZES)
+    quick_sizes = ",".join(format_size(s).replace(" ", "") for s in suite.QUICK_SIZES)
+    parser.add_argument(
+        "--peers",
+        metavar="LIST",
+        help=f"peer counts (processes per system), comma-separated (default "
+        f"{','.join(map(str, suite.DEFAULT_PEERS))})",
+    )
+    parser.add_argument(
+        "--sizes",
+        metavar="LIST",
+        help=f"float32 array sizes per peer, binary units (default {sizes}; --quick: {quick_sizes})",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help=f"measured repetitions per system and case; figures are medians (default "
+        f"{suite.DEFAULT_REPEAT}; --quick: {suite.QUICK_REPEAT})",
+    )
+    parser.add_argument(
+        "--min-time-ms",
+        type=float,
+        metavar="MS",
+        help=f"shortest repetition; calls are repeated until the slowest rank's lasts this long (default "
+        f"{suite.DEFAULT_MIN_TIME_S * 1000:g}; --quick: {suite.QUICK_MIN_TIME_S * 1000:g})",
+    )
+    parser.add_argument(
+        "--anchors",
+        metavar="LIST",
+        default=",".join(suite.ANCHORS),
+        help=f"systems to compare with (default {','.join(suite.ANCHORS)}; 'none' for pycomm alone); an "
+        "anchor whose package is missing is skipped with a note",
+    )
+    parser.add_argument(
+        "--no-recovery",
+        action="store_true",
+        help="skip the fault measurements (recovery after SIGKILL, join, eviction after SIGSTOP)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"sizes {quick_sizes}, few short repetitions and one fault trial (tests, CI; under a minute)",
+    )
+    add_json_option(parser)
+    parser.set_defaults(run=_run_allreduce)
+
+
+def _allreduce_config(args: argparse.Namespace) -> Any:
+    from pycomm.benchmarks import allreduce as suite
+    from pycomm.benchmarks import parse_sizes
+
+    quick = args.quick
+    try:
+        peers = tuple(int(part) for part in _split(args.peers, tuple(map(str, suite.DEFAULT_PEERS))))
+    except ValueError:
+        raise InvalidArgumentError(f"--peers takes whole numbers, e.g. 2,4; got {args.peers!r}") from None
+    anchors = tuple(_split(args.anchors, suite.ANCHORS))
+    if anchors == ("none",):
+        anchors = ()
+    return suite.AllreduceConfig(
+        peers=peers,
+        sizes=tuple(parse_sizes(args.sizes))
+        if args.sizes
+        else (suite.QUICK_SIZES if quick else suite.DEFAULT_SIZES),
+        anchors=anchors,
+        repeat=args.repeat
+        if args.repeat is not None
+        else (suite.QUICK_REPEAT if quick else suite.DEFAULT_REPEAT),
+        min_time_s=(args.min_time_ms / 1000)
+        if args.min_time_ms is not None
+        else (suite.QUICK_MIN_TIME_S if quick else suite.DEFAULT_MIN_TIME_S),
+        recovery=not args.no_recovery,
+        fault_trials=suite.QUICK_FAULT_TRIALS if quick else suite.DEFAULT_FAULT_TRIALS,
+        quick=quick,
+    )
+
+
+def _run_allreduce(args: argparse.Namespace) -> int:
+    from pycomm.benchmarks import allreduce as suite
+
+    config = _allreduce_config(args)
+    document = suite.run_allreduce(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        write_json(args.json, document)
+    if args.json != "-":
+        machine, settings = document["machine"], document["settings"]
+        title = (
+            f"pycomm {machine['pycomm']} bench allreduce: {machine['cpu_model']}, {machine['usable_cores']} "
+            f"usable core(s), numpy {machine['numpy']}, {machine['date']}; {settings['repeat']} repetitions "
+            f"of >= {settings['min_time_s'] * 1000:g} ms per system and case, interleaved; medians; "
+            f"{document['seconds']:.0f} s in all"
+        )
+        print(title)
+        print(suite.format_report(document))
+    return 0

@@ -19,12 +19,14 @@ Threads: a control reader and a heartbeat thread per communicator, plus the data
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import socket
 import threading
 import time
 import uuid
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -55,6 +57,17 @@ from pycomm.ft._protocol import (
 )
 
 _ft = core.ft
+
+# Communicators still open at interpreter exit are closed first: their threads may be inside the
+# native engine, and Python ends daemon threads abruptly during finalization.
+_open_communicators: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_communicators() -> None:
+    for comm in list(_open_communicators):
+        comm.close()
+
 
 REDUCE_OPS = ("sum", "avg", "prod", "min", "max")
 # Tags at or above this value are reserved for pycomm's own operations (pending_peers, shared state).
@@ -252,6 +265,7 @@ class Communicator:
         except BaseException:
             self._listener.close()
             raise
+        _open_communicators.add(self)
         self._start(self._control_loop, "pycomm-control")
         self._start(self._heartbeat_loop, "pycomm-heartbeat")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -319,6 +333,7 @@ class Communicator:
             with contextlib.suppress(CommError):
                 channel.send(Message.LEAVE, {}, timeout=1.0)
         self._closing.set()
+        _open_communicators.discard(self)
         with self._lock:
             engine, self._engine = self._engine, None
             self._lock.notify_all()

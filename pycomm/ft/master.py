@@ -381,8 +381,8 @@ class Master:
     def _drop(self, session: _Session, reason: str) -> None:
         """Forgets a session and evicts it from its group (lock held or not)."""
         with self._lock:
-            if not session.alive:
-                return
+            if not session.alive or self._closing.is_set():
+                return  # a closing master evicts nobody: its peers re-register with the next one
             session.alive = False
             if self._sessions.get(session.peer_id) is session:
                 del self._sessions[session.peer_id]

@@ -48,7 +48,9 @@ def admit_all(members: Sequence[Any], newcomers: Sequence[Any], timeout: float =
     ``if pending_peers(): update_topology()`` step once every newcomer is waiting."""
     if not members:
         raise ValueError("admit_all needs at least one member; connect() the first peer alone")
-    connecting = [threading.Thread(target=c.connect, kwargs={"timeout": timeout}, daemon=True) for c in newcomers]
+    connecting = [
+        threading.Thread(target=c.connect, kwargs={"timeout": timeout}, daemon=True) for c in newcomers
+    ]
     for thread in connecting:
         thread.start()
     deadline = time.monotonic() + timeout

@@ -1,0 +1,224 @@
+"""pycomm.ft under failure: peers killed (SIGKILL) or stalled (SIGSTOP) in real processes, a master
+restarted, a peer joining mid-run. What is checked is what the survivors see: Aborted with their
+buffer restored bit for bit, the next operation correct in the new epoch, the stalled peer evicted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pycomm.errors import Aborted, Evicted
+from pycomm.ft import Communicator, Master, SharedState
+from pycomm.testing import LocalCluster
+from pycomm.testing.ft import admit_all, local_group, on_all
+
+HEARTBEAT_TIMEOUT = 1.0
+
+
+def _join(address: str, world: int) -> Communicator:
+    comm = Communicator(address, timeout=30)
+    comm.connect(timeout=30)
+    while comm.world_size < world:
+        if comm.pending_peers():
+            comm.update_topology()
+        else:
+            time.sleep(0.01)
+    return comm
+
+
+def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank: int) -> None:
+    """Loops large all-reduces. The victim announces each operation it submitted (the test then
+    freezes and kills it inside one). The survivors check, after an Aborted, that the buffer was
+    restored and that the next all-reduce in the smaller group is exact, then exit."""
+    comm = _join(address, world)
+    print(f"ready rank={comm.rank}", flush=True)
+    victim = comm.rank == victim_rank
+    aborted = False
+    count = 0
+    while True:
+        rank, members = comm.rank, comm.world_size
+        x = np.full(size, rank + 1, np.float32)
+        try:
+            work = comm.all_reduce_async(x)
+            count += 1
+            if victim:
+                print(f"submitted {count}", flush=True)
+            work.wait()
+        except Aborted as error:
+            restored = bool(np.all(x == rank + 1))
+            print(f"aborted restored={restored} reason={str(error)[:80]!r}", flush=True)
+            aborted = True
+            continue
+        correct = bool(np.all(x == members * (members + 1) / 2))
+        if aborted:
+            print(f"recovered world={members} correct={correct}", flush=True)
+            comm.close()
+            return
+        if not correct:
+            print("wrong result before the failure", flush=True)
+
+
+def test_sigkill_during_a_large_all_reduce_aborts_restores_and_recovers() -> None:
+    with Master(heartbeat_timeout=HEARTBEAT_TIMEOUT) as master, LocalCluster(timeout=90) as cluster:
+        peers = cluster.spawn_many(3, _all_reduce_until_recovered, args=(master.address, 3, 1 << 24, 2))
+        victim = None
+        for peer in peers:
+            if peer.wait_for_line(r"ready rank=(\d)", timeout=60).group(1) == "2":
+                victim = peer
+        victim.wait_for_line(r"submitted 3", timeout=60)
+        victim.stall()  # frozen inside its third 64 MiB all-reduce, which the others are running too
+        victim.kill()
+        for peer in peers:
+            if peer is victim:
+                continue
+            peer.wait(timeout=60)
+            out = peer.read_stdout()
+            assert "aborted restored=True" in out, out
+            assert "restored=False" not in out, out
+            assert "recovered world=2 correct=True" in out, out
+
+
+def _small_all_reduces_until_evicted_or_alone(address: str) -> None:
+    comm = _join(address, 3)
+    print(f"ready rank={comm.rank}", flush=True)
+    try:
+        while True:
+            x = np.ones(1024, np.float64)
+            try:
+                comm.all_reduce(x)
+            except Aborted:
+                continue
+            if comm.world_size == 2 and np.all(x == 2):
+                print("continued with 2", flush=True)
+                comm.close()
+                return
+    except Evicted as error:
+        print(f"evicted: {error}", flush=True)
+        comm.close()
+
+
+def test_sigstop_gets_a_peer_evicted_within_the_deadline() -> None:
+    with Master(heartbeat_timeout=HEARTBEAT_TIMEOUT) as master, LocalCluster(timeout=90) as cluster:
+        peers = cluster.spawn_many(3, _small_all_reduces_until_evicted_or_alone, args=(master.address,))
+        for peer in peers:
+            peer.wait_for_line(r"ready", timeout=60)
+        assert len(master.group_state()["members"]) == 3
+        peers[1].stall()
+        stalled_at = time.monotonic()
+        while len(master.group_state()["members"]) == 3:
+            assert time.monotonic() - stalled_at < 3.0, "the stalled peer was not evicted within 3 s"
+            time.sleep(0.01)
+        for peer in (peers[0], peers[2]):
+            peer.wait_for_line("continued with 2", timeout=30)
+        peers[1].resume()
+        peers[1].wait_for_line("evicted", timeout=30)
+        for peer in peers:
+            peer.wait(timeout=30)
+
+
+def test_a_restarted_master_does_not_end_the_run() -> None:
+    master = Master(heartbeat_timeout=HEARTBEAT_TIMEOUT, rejoin_grace=5.0)
+    port = master.port
+    comms = [Communicator(master.address, timeout=30, reconnect_timeout=20) for _ in range(3)]
+    try:
+        comms[0].connect(timeout=10)
+        admit_all(comms[:1], comms[1:])
+        epoch = comms[0].epoch
+        master.close()
+        # Collectives need no master: the run goes on while it is down.
+        results = on_all(comms, lambda c: (c.all_reduce(x := np.ones(10)), x)[1])
+        assert all(np.all(r == 3) for r in results)
+        master = Master(port=port, heartbeat_timeout=HEARTBEAT_TIMEOUT, rejoin_grace=5.0)
+        deadline = time.monotonic() + 20
+        while sum("re-registered" in text for _, text in master.events) < 3:
+            assert time.monotonic() < deadline, master.events
+            time.sleep(0.02)
+        assert master.group_state()["epoch"] == epoch
+        assert sorted(master.group_state()["members"]) == sorted(c.peer_id for c in comms)
+        results = on_all(comms, lambda c: (c.all_reduce(x := np.ones(10)), x)[1])
+        assert all(np.all(r == 3) for r in results)
+        assert all(c.epoch == epoch for c in comms)
+        # The restarted master still handles membership: a leaving peer ends the epoch cleanly.
+        comms[2].close()
+
+        def after_leave(comm):
+            while True:
+                x = np.ones(10)
+                try:
+                    comm.all_reduce(x)
+                except Aborted:
+                    continue
+                return comm.world_size, x
+
+        for world, x in on_all(comms[:2], after_leave):
+            assert world == 2 and np.all(x == 2)
+    finally:
+        for comm in comms:
+            comm.close()
+        master.close()
+
+
+def test_a_newcomer_gets_the_shared_state_and_then_syncs_move_no_bytes() -> None:
+    with local_group(2) as (master, comms):
+        states = {id(c): SharedState({"w": np.zeros(100_000), "b": np.zeros(7, np.int32)}) for c in comms}
+
+        def step(comm):
+            state = states[id(comm)]
+            info = comm.sync_shared_state(state)
+            state.arrays["w"] += 1
+            state.arrays["b"][:] = state.revision
+            state.revision += 1
+            return info
+
+        for _ in range(3):
+            on_all(comms, step)
+        newcomer = Communicator(master.address)
+        comms.append(newcomer)
+        states[id(newcomer)] = SharedState({"w": np.full(100_000, -5.0), "b": np.zeros(7, np.int32)})
+        admit_all(comms[:2], [newcomer])
+
+        infos = on_all(comms, step)
+        received = {c.rank: info.bytes_received for c, info in zip(comms, infos)}
+        assert received[newcomer.rank] == 100_000 * 8 + 7 * 4
+        assert sum(received.values()) == received[newcomer.rank]
+        for _ in range(2):
+            infos = on_all(comms, step)
+            assert all(info.bytes_received == 0 for info in infos)
+        arrays = [states[id(c)].arrays["w"] for c in comms]
+        assert all(np.array_equal(a, arrays[0]) for a in arrays) and arrays[0][0] == 6
+        assert {states[id(c)].revision for c in comms} == {6}
+
+
+def test_a_closed_communicator_leaves_cleanly_and_threads_end() -> None:
+    before = threading.active_count()
+    with local_group(3) as (_, comms):
+        on_all(comms, lambda c: c.all_reduce(np.ones(4)))
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before:
+        assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("strategy", ["receive_only", "send_only"])
+def test_strategies(strategy: str) -> None:
+    with local_group(3) as (_, comms):
+
+        def sync(comm):
+            value = float(comm.rank == 0)
+            state = SharedState({"w": np.full(1000, value)}, revision=1 if comm.rank == 0 else 0)
+            mine = strategy if comm.rank == 0 else "enforce_popular"
+            return comm.rank, comm.sync_shared_state(state, strategy=mine), state
+
+        if strategy == "send_only":
+            from pycomm.errors import InvalidArgumentError
+
+            with pytest.raises(InvalidArgumentError, match="send_only"):
+                on_all(comms, sync)
+            return
+        for rank, info, state in on_all(comms, sync):
+            assert np.all(state.arrays["w"] == 0) and state.revision == 0
+            assert info.bytes_received == (8000 if rank == 0 else 0)
