@@ -3,6 +3,7 @@ not ship fail with a clear message instead of pretending to work."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,27 @@ def test_planned_commands_say_they_are_not_there(command: str, capsys: pytest.Ca
 def test_console_script_runs(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("pycomm")
     assert script.exists(), f"the pycomm console script should be installed beside {sys.executable}"
-    result = subprocess.run([str(script), "stress"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(script), "tune"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "pycomm stress: error:" in result.stderr
+    assert "pycomm tune: error:" in result.stderr
+
+
+def test_stress_refuses_what_it_cannot_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stress", "--wan", "rtt=50ms"]) == 2
+    assert "not in this version" in capsys.readouterr().err
+    assert main(["stress", "--peers", "2"]) == 2
+    assert "at least 3 peers" in capsys.readouterr().err
+
+
+def test_master_command_serves_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "master.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pycomm", "master", "--seconds", "0.5", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pycomm master listening on 127.0.0.1:" in result.stdout
+    assert json.loads(out.read_text())["group"] == {"epoch": 0, "members": [], "pending": []}

@@ -21,6 +21,7 @@ namespace pycomm::bindings {
 namespace {
 
 using ft::Collective;
+using ft::collective_name;
 using ft::OpStatus;
 using ft::RingEngine;
 using ft::RingOp;
@@ -53,6 +54,53 @@ struct OpHandle {
 
 void bind_ft(py::module_& m) {
   m.attr("DATA_HEADER_BYTES") = ft::kDataHeaderBytes;
+
+  // The data frame header codec, exposed for fuzzing and for tests that forge frames.
+  m.def(
+      "decode_data_header",
+      [](const py::bytes& data) {
+        const std::string bytes = data;
+        PYCOMM_ENFORCE(bytes.size() == ft::kDataHeaderBytes, "a data frame header is ", ft::kDataHeaderBytes,
+                       " bytes, got ", bytes.size());
+        const ft::DataHeader h = ft::decode_data_header(reinterpret_cast<const unsigned char*>(bytes.data()));
+        py::dict out;
+        out["phase"] = static_cast<int>(h.phase);
+        out["collective"] = collective_name(h.spec.collective);
+        out["dtype"] = std::string(dtype_name(h.spec.dtype));
+        out["op"] = std::string(kernels::reduce_op_name(h.spec.op));
+        out["root"] = h.spec.root;
+        out["step"] = h.step;
+        out["tag"] = h.spec.tag;
+        out["sequence"] = h.sequence;
+        out["count"] = h.spec.count;
+        out["segment"] = h.segment;
+        out["length"] = h.length;
+        return out;
+      },
+      py::arg("data"));
+  m.def(
+      "encode_data_header",
+      [](int phase, const std::string& collective, const std::string& dtype, const std::string& op,
+         std::uint32_t root, std::uint32_t step, std::uint64_t tag, std::uint64_t sequence, std::uint64_t count,
+         std::uint32_t segment, std::uint32_t length) {
+        PYCOMM_ENFORCE(phase >= 1 && phase <= 4, "phase must be 1..4");
+        ft::DataHeader h;
+        h.phase = static_cast<ft::Phase>(phase);
+        h.spec.collective = collective_from_name(collective);
+        h.spec.dtype = dtype_from_name(dtype);
+        h.spec.op = kernels::reduce_op_from_name(op);
+        h.spec.root = root;
+        h.step = step;
+        h.spec.tag = tag;
+        h.sequence = sequence;
+        h.spec.count = count;
+        h.segment = segment;
+        h.length = length;
+        const ft::DataHeaderBytes bytes = ft::encode_data_header(h);
+        return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+      },
+      py::arg("phase"), py::arg("collective"), py::arg("dtype"), py::arg("op"), py::arg("root"), py::arg("step"),
+      py::arg("tag"), py::arg("sequence"), py::arg("count"), py::arg("segment"), py::arg("length"));
 
   py::class_<OpHandle>(m, "RingOp", "One operation of a RingEngine (see csrc/ft/ring_op.h).")
       .def(

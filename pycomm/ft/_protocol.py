@@ -219,7 +219,9 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def configure_stream(sock: socket.socket, user_timeout_ms: int = 10_000) -> None:
-    """TCP_NODELAY, and TCP_USER_TIMEOUT so a vanished host is declared dead in seconds."""
+    """TCP_NODELAY, and TCP_USER_TIMEOUT so a vanished host is declared dead in seconds (TCP only)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)

@@ -63,7 +63,7 @@ def expected_result(revision: int, tag: int, world: int, size: int) -> np.ndarra
 
 
 def run_step(
-    comm: Communicator, revision: int, size: int, concurrency: int, counters: dict
+    comm: Communicator, revision: int, size: int, concurrency: int, counters: dict, skew: int = 0
 ) -> list[np.ndarray]:
     """The step's all-reduces, retried until they succeed in one epoch; returns their results."""
     while True:
@@ -94,6 +94,8 @@ def run_step(
             continue
         for tag in range(concurrency):
             expected = expected_result(revision, tag, world, size)
+            if skew and tag == 0:
+                expected = expected + skew
             if not np.array_equal(buffers[tag], expected):
                 counters["mismatches"] += 1
                 _emit({"mismatch": f"revision {revision} tag {tag}: result differs from the exact sum"})
@@ -118,7 +120,8 @@ def peer_session(args: argparse.Namespace, counters: dict, joined_before: bool) 
                 counters["aborts"] += 1
                 continue
             fetched = info.bytes_received
-            results = run_step(comm, state.revision, args.size, args.concurrency, counters)
+            skew = 1 if args.check_the_checks else 0
+            results = run_step(comm, state.revision, args.size, args.concurrency, counters, skew)
             w = state.arrays["w"]
             np.add(w, results[0][:STATE_ELEMENTS].astype(np.float64), out=w, casting="unsafe")
             np.mod(w, 1000.0, out=w)
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--step-delay", type=float, default=0.0)
+    # Expects wrong sums on purpose: shows that a run with wrong results fails.
+    parser.add_argument("--check-the-checks", action="store_true")
     args = parser.parse_args(argv)
     # `kill -USR1` prints every thread's stack to stderr: how a hang is diagnosed.
     faulthandler.register(signal.SIGUSR1, all_threads=True)

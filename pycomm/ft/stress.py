@@ -96,8 +96,14 @@ class _Peer:
 
 
 class StressRun:
-    def __init__(self, config: StressConfig, report: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: StressConfig,
+        report: Callable[[str, bool], None] | None = None,
+        extra_peer_args: list[str] | None = None,
+    ) -> None:
         config.check()
+        self._extra_peer_args = list(extra_peer_args or [])
         self.config = config
         self._report = report or (lambda text, final: None)
         self._random = random.Random(config.seed)
@@ -183,6 +189,7 @@ class StressRun:
                 str(config.concurrency),
                 "--timeout",
                 str(config.op_timeout),
+                *self._extra_peer_args,
             ]
             try:
                 for _ in range(config.peers):
@@ -279,6 +286,7 @@ class StressRun:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 peer.process.wait(timeout=10)
             peer.reader.join(timeout=5)
+            peer.process.stdout.close()
             if keep_stderr or peer.reported:
                 tails[peer.index] = peer.stderr_tail()
         return tails
@@ -321,5 +329,10 @@ class StressRun:
         }
 
 
-def run_stress(config: StressConfig, report: Callable[[str, bool], None] | None = None) -> dict:
-    return StressRun(config, report).run()
+def run_stress(
+    config: StressConfig,
+    report: Callable[[str, bool], None] | None = None,
+    extra_peer_args: list[str] | None = None,
+) -> dict:
+    """Runs the stress; `extra_peer_args` go to every peer's command line."""
+    return StressRun(config, report, extra_peer_args).run()

@@ -1,0 +1,284 @@
+"""pycomm.ft refuses what breaks its protocol, and only that: wrong secrets, another protocol
+version, truncated, oversized and random frames at the master and at a peer's data port, garbage
+on a ring link. Each is refused with a clear error while the group keeps working. The decoders are
+fuzzed with thousands of inputs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pycomm._native import core
+from pycomm.errors import AuthenticationError, CommError, InvalidArgumentError, ProtocolError
+from pycomm.ft import Communicator, Master
+from pycomm.ft._protocol import Channel, Message
+from pycomm.testing.ft import local_group, on_all
+
+_transport = core.transport
+_ft = core.ft
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return _transport.encode_frame(kind, payload)
+
+
+def group_still_works(comms) -> None:
+    results = on_all(comms, lambda c: (c.all_reduce(x := np.ones(1000)), x)[1])
+    assert all(np.all(r == len(comms)) for r in results)
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 15.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_wrong_or_missing_secret_is_refused_and_the_group_is_unaffected() -> None:
+    with local_group(2, secret="right secret") as (master, comms):
+        for secret, match in (("wrong secret", "secret"), (None, "requires a group secret")):
+            intruder = Communicator(master.address, secret=secret)
+            with pytest.raises(AuthenticationError, match=match):
+                intruder.connect(timeout=5)
+            intruder.close()
+        group_still_works(comms)
+        assert len(master.group_state()["members"]) == 2
+    # A peer with a secret refuses a master that cannot prove it knows it.
+    with Master() as open_master:
+        cautious = Communicator(open_master.address, secret="right secret")
+        with pytest.raises(AuthenticationError):
+            cautious.connect(timeout=5)
+        cautious.close()
+
+
+def raw_hello(address: str, **overrides) -> tuple[Message, dict]:
+    host, port = address.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    channel = Channel(sock)
+    try:
+        challenge = channel.expect(Message.CHALLENGE, timeout=5)
+        hello = {
+            "version": 1,
+            "peer_id": "f" * 32,
+            "peer_group": 0,
+            "host": "127.0.0.1",
+            "port": 9,
+            "nonce": "00",
+            "mac": "",
+            "rejoin": None,
+            **overrides,
+        }
+        assert challenge["version"] == 1
+        channel.send(Message.HELLO, hello)
+        return channel.receive(timeout=5)
+    finally:
+        channel.close()
+
+
+def test_another_protocol_version_is_refused_with_a_reason() -> None:
+    with local_group(2) as (master, comms):
+        kind, body = raw_hello(master.address, version=2)
+        assert kind == Message.REFUSE and "protocol version 2" in body["reason"]
+        group_still_works(comms)
+
+
+MALFORMED = {
+    "truncated header": b"PYCM\x01\x00",
+    "bad magic": b"XXXX" + bytes(20),
+    "oversized length": struct.pack("<IHHIIQ", 0x4D435950, 1, 2, 0, 0, 1 << 40),
+    "length larger than what follows": struct.pack("<IHHIIQ", 0x4D435950, 1, 2, 0, 0, 100) + b"{}",
+    "unknown version": struct.pack("<IHHIIQ", 0x4D435950, 9, 2, 0, 0, 2) + b"{}",
+    "unknown type": frame(999, b"{}"),
+    "payload not JSON": frame(int(Message.HELLO), b"\xff\xfe not json"),
+    "payload not an object": frame(int(Message.HELLO), b"[1, 2]"),
+    "HELLO missing fields": frame(int(Message.HELLO), b'{"version": 1}'),
+    "HELLO with wrong types": frame(
+        int(Message.HELLO),
+        json.dumps(
+            {"version": 1, "peer_id": 5, "peer_group": "x", "host": [], "port": 1, "nonce": ""}
+        ).encode(),
+    ),
+    "HELLO out of range": frame(
+        int(Message.HELLO),
+        json.dumps(
+            {"version": 1, "peer_id": "a", "peer_group": 0, "host": "h", "port": 70000, "nonce": ""}
+        ).encode(),
+    ),
+    "random bytes": bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8)),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_frames_at_the_master_drop_only_that_connection(case: str) -> None:
+    with local_group(2) as (master, comms):
+        host, port = master.address.split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(MALFORMED[case])
+            sock.shutdown(socket.SHUT_WR)  # a truncated frame then ends with the connection
+            read_until_closed(sock)  # the master answers with its challenge, then hangs up
+        assert any("refused a connection" in text for _, text in master.events)
+        group_still_works(comms)
+        assert len(master.group_state()["members"]) == 2
+
+
+@pytest.mark.parametrize("case", [*MALFORMED, "link for another peer", "link with a forged secret"])
+def test_malformed_frames_at_a_data_port_drop_only_that_connection(case: str) -> None:
+    with local_group(2, secret="s") as (_, comms):
+        port = comms[0]._listener.port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            if case in MALFORMED:
+                sock.sendall(MALFORMED[case])
+                sock.shutdown(socket.SHUT_WR)
+            else:
+                channel = Channel(sock)
+                nonce = channel.expect(Message.LINK_CHALLENGE, timeout=5)["nonce"]
+                target = "someone else" if case == "link for another peer" else comms[0].peer_id
+                channel.send(
+                    Message.LINK_HELLO,
+                    {
+                        "version": 1,
+                        "kind": "ring",
+                        "group": 0,
+                        "epoch": 99,
+                        "from": comms[1].peer_id,
+                        "to": target,
+                        "mac": nonce,
+                    },
+                )
+            received = read_until_closed(sock)
+            assert b"LINK_ACCEPT" not in received and len(received) < 200
+        group_still_works(comms)
+
+
+def test_garbage_on_a_ring_link_fails_the_operation_with_a_protocol_error() -> None:
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    # Rank 0 of a ring of 2 whose "previous peer" is this test.
+    engine = _ft.RingEngine(a.detach(), d.detach(), 0, 2)
+    x = np.ones(1000, np.float32)
+    op = engine.submit("all_reduce", x, "float32", "sum", 1000, 0, 0)
+    c.sendall(b"\x00" * 48)
+    assert op.wait(10) == "failed"
+    assert "bad magic" in op.error
+    assert engine.failed and not op.has_result
+    later = engine.submit("all_reduce", x, "float32", "sum", 1000, 0, 1)
+    assert later.wait(1) == "failed"
+    engine.abort("done")
+    for sock in (b, c):
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (dict(length=12), "bytes for a segment"),
+        (dict(count=999), "disagree"),
+        (dict(step=5), "step 5"),
+        (dict(segment=9), "segment 9"),
+    ],
+)
+def test_forged_data_frames_are_refused_with_what_was_wrong(header: dict, message: str) -> None:
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    engine = _ft.RingEngine(a.detach(), d.detach(), 0, 2)
+    op = engine.submit("all_reduce", np.ones(1000, np.float32), "float32", "sum", 1000, 0, 0)
+    fields = dict(
+        phase=1,
+        collective="all_reduce",
+        dtype="float32",
+        op="sum",
+        root=0,
+        step=0,
+        tag=0,
+        sequence=0,
+        count=1000,
+        segment=0,
+        length=2000,
+    )
+    fields.update(header)
+    c.sendall(_ft.encode_data_header(**fields) + bytes(fields["length"]))
+    assert op.wait(10) == "failed"
+    assert message in op.error
+    engine.abort("done")
+    b.close()
+    c.close()
+
+
+def test_frames_for_unstarted_operations_are_bounded() -> None:
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    engine = _ft.RingEngine(a.detach(), d.detach(), 0, 2, max_early_bytes=4096)
+    header = _ft.encode_data_header(1, "all_reduce", "float32", "sum", 0, 0, 7, 0, 100_000, 0, 8192)
+    c.sendall(header + bytes(8192))
+    op = engine.submit("all_reduce", np.ones(10, np.float32), "float32", "sum", 10, 0, 1)
+    assert op.wait(10) == "failed"
+    assert "has not started" in engine.failure
+    engine.abort("done")
+    b.close()
+    c.close()
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=48, max_size=48))
+def test_fuzz_the_data_header_decoder(data: bytes) -> None:
+    try:
+        header = _ft.decode_data_header(data)
+    except ProtocolError as error:
+        assert "data frame" in str(error)
+        return
+    again = _ft.encode_data_header(
+        header["phase"],
+        header["collective"],
+        header["dtype"],
+        header["op"],
+        header["root"],
+        header["step"],
+        header["tag"],
+        header["sequence"],
+        header["count"],
+        header["segment"],
+        header["length"],
+    )
+    assert again == data
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(lambda t, p: frame(t, p), st.integers(1, 40), st.binary(max_size=200)),
+    )
+)
+def test_fuzz_the_control_message_reader(data: bytes) -> None:
+    left, right = socket.socketpair()
+    try:
+        left.sendall(data)
+        left.shutdown(socket.SHUT_WR)
+        channel = Channel(right)
+        try:
+            kind, body = channel.receive(timeout=2)
+        except CommError:
+            return  # ProtocolError, a closed connection or a timeout: refused cleanly
+        assert isinstance(kind, Message) and isinstance(body, dict)
+    finally:
+        left.close()
+        right.close()
+
+
+def test_a_frame_header_of_the_wrong_size_is_an_argument_error() -> None:
+    with pytest.raises(InvalidArgumentError):
+        _ft.decode_data_header(b"short")
+    with pytest.raises(InvalidArgumentError):
+        _transport.decode_header(b"short")

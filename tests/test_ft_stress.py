@@ -1,0 +1,49 @@
+"""`pycomm stress` end to end: a minute of churn (kills, stalls, starts) with every result and every
+shared-state hash checked must end with zero mismatches, no crashed peer and no hang."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from pycomm.ft.stress import StressConfig, run_stress
+
+
+def test_pycomm_stress_for_a_minute_with_churn_passes(tmp_path) -> None:
+    summary_path = tmp_path / "stress.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pycomm",
+            "stress",
+            "--seconds",
+            "60",
+            "--peers",
+            "4",
+            "--seed",
+            "1",
+            "--json",
+            str(summary_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["passed"] and summary["mismatches"] == 0 and summary["errors"] == 0 and not summary["hang"]
+    # The churn really happened, and the group kept going through it.
+    assert summary["kills"] >= 3 and summary["stalls"] >= 1 and summary["joins"] > 4
+    assert summary["aborts"] >= 1 and summary["evictions"] >= 1
+    assert summary["revisions"] > 100 and summary["epochs"] > 5
+    assert "PASSED" in completed.stdout
+
+
+def test_the_stress_checks_catch_a_wrong_result() -> None:
+    # Peers that expect sums off by one report mismatches, and the run fails.
+    config = StressConfig(peers=2, seconds=3, churn=False)
+    summary = run_stress(config, extra_peer_args=["--check-the-checks"])
+    assert not summary["passed"] and summary["mismatches"] > 0
