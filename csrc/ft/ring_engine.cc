@@ -271,8 +271,13 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
       for (std::uint32_t segment = 0; segment < layout.segments(first); ++segment) {
         const std::uint64_t begin = layout.segment_begin(first, segment);
         const std::uint64_t length = layout.segment_length(first, segment);
-        unsigned char* partial = o.accumulator_buffer_.data() + begin * accumulator_item;
-        kernels::widen(partial, input + begin * item, length, spec.dtype, spec.op);
+        // Where the partial sum is the input's own bytes, it is sent from the input itself.
+        const unsigned char* partial = input + begin * item;
+        if (o.accumulator_ != spec.dtype) {
+          unsigned char* widened = o.accumulator_buffer_.data() + begin * accumulator_item;
+          kernels::widen(widened, partial, length, spec.dtype, spec.op);
+          partial = widened;
+        }
         queue_data(op, Phase::reduce_scatter, 0, first, segment, partial, length * accumulator_item);
       }
       break;

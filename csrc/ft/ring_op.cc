@@ -77,10 +77,10 @@ RingOp::RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, s
   layout_.chunks = spec.collective == Collective::broadcast ? 1 : world;
   layout_.total = spec.collective == Collective::all_gather ? spec.count * world : spec.count;
   layout_.segment_elements = std::max<std::uint64_t>(1, segment_bytes / widest);
-  if (reduces(spec.collective)) accumulator_buffer_.resize(layout_.total * dtype_size(accumulator_));
+  if (reduces(spec.collective)) accumulator_buffer_ = Scratch(layout_.total * dtype_size(accumulator_));
   const std::uint64_t result_elements =
       spec.collective == Collective::reduce_scatter ? layout_.chunk_length(rank) : layout_.total;
-  result_.resize(result_elements * item);
+  result_ = Scratch(result_elements * item);
 }
 
 OpStatus RingOp::wait(std::chrono::steady_clock::time_point deadline) {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "ft/scratch.h"
 #include "kernels/reduce.h"
 
 namespace pycomm::ft {
@@ -94,8 +95,8 @@ class RingOp {
   const void* const input_;
   const DType accumulator_;
   ChunkLayout layout_;
-  std::vector<unsigned char> accumulator_buffer_;  // reduce phases, in accumulator_ elements
-  std::vector<unsigned char> result_;
+  Scratch accumulator_buffer_;  // reduce phases, in accumulator_ elements
+  Scratch result_;
 
   // Progress, touched only by the engine's thread.
   std::uint64_t receives_left_ = 0;
