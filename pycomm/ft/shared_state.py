@@ -84,6 +84,7 @@ class SyncInfo:
     arrays_received: tuple[str, ...]
     seconds: float
     epoch: int
+    holders: int = 0  # distinct peers this one fetched from
 
 
 def _summary(state: SharedState, strategy: str, problem: str, synced: bool) -> dict:
@@ -271,7 +272,7 @@ def synchronize(comm: Any, state: SharedState, strategy: str = "enforce_popular"
         target = _choose_target(summaries)
         _check_rules(summaries, target)
         goal = summaries[target]
-        received, names, failure = _fetch_differences(comm, state, summaries, goal)
+        received, names, holders, failure = _fetch_differences(comm, state, summaries, goal)
         if comm.agree_max(1 if failure else 0, TAG_DONE):
             raise CommError(
                 f"the shared-state sync failed on at least one member{': ' + failure if failure else ''}"
@@ -280,7 +281,7 @@ def synchronize(comm: Any, state: SharedState, strategy: str = "enforce_popular"
         server.publish(None)
     state.revision = goal["revision"]
     comm._last_synced_revision = state.revision
-    return SyncInfo(state.revision, received, names, time.perf_counter() - started, comm.epoch)
+    return SyncInfo(state.revision, received, names, time.perf_counter() - started, comm.epoch, holders)
 
 
 def _fetch_differences(
@@ -290,7 +291,7 @@ def _fetch_differences(
     goal_arrays = {entry[0]: entry for entry in goal["arrays"]}
     wanted = [name for name, _, _, digest in mine["arrays"] if goal_arrays[name][3] != digest]
     if not wanted:
-        return 0, (), ""
+        return 0, (), 0, ""
     members = comm._members
     by_holder: dict[int, list] = {}
     for name in wanted:
@@ -302,7 +303,7 @@ def _fetch_differences(
             and any(e == goal_arrays[name] for e in s["arrays"])
         ]
         if not holders:
-            return 0, (), f"no holder of array '{name}' is left"
+            return 0, (), 0, f"no holder of array '{name}' is left"
         whole = state.bytes_of(name)
         parts = min(len(holders), MAX_HOLDERS_PER_ARRAY, max(1, len(whole)))
         bounds = np.linspace(0, len(whole), parts + 1).astype(np.int64)
@@ -320,9 +321,9 @@ def _fetch_differences(
     for thread in threads:
         thread.join()
     if errors:
-        return 0, (), "; ".join(errors)
+        return 0, (), 0, "; ".join(errors)
     hashes = state.hashes()
     for name in wanted:
         if f"{hashes[name]:016x}" != goal_arrays[name][3]:
-            return 0, (), f"array '{name}' does not match the group's hash after fetching it"
-    return sum(len(state.bytes_of(n)) for n in wanted), tuple(wanted), ""
+            return 0, (), 0, f"array '{name}' does not match the group's hash after fetching it"
+    return sum(len(state.bytes_of(n)) for n in wanted), tuple(wanted), len(by_holder), ""

@@ -1,0 +1,118 @@
+"""SharedState sync: only differing arrays move, from several holders at once; the rules (revision,
+strategies, layouts, no holder left) give the same clear error on every member."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from pycomm.errors import Aborted, CommError, InvalidArgumentError
+from pycomm.ft import SharedState
+from pycomm.testing.ft import local_group, on_all
+
+
+def test_a_receiver_fetches_only_differing_arrays_from_several_holders() -> None:
+    with local_group(4) as (_, comms):
+        receiver = comms[3].peer_id
+
+        def sync(comm):
+            behind = comm.peer_id == receiver
+            state = SharedState(
+                {
+                    "same": np.arange(1000, dtype=np.int64),
+                    "big": np.full(1 << 20, -1.0 if behind else 2.0, np.float32),
+                    "small": np.full(10, 0 if behind else 9, np.uint8),
+                },
+                revision=0 if behind else 7,
+            )
+            return comm.peer_id, comm.sync_shared_state(state), state
+
+        for peer_id, info, state in on_all(comms, sync):
+            assert np.all(state.arrays["big"] == 2.0) and np.all(state.arrays["small"] == 9)
+            assert state.revision == 7
+            if peer_id == receiver:
+                assert info.arrays_received == ("big", "small")
+                assert info.bytes_received == (1 << 20) * 4 + 10
+                assert info.holders == 3  # the big array came in parts from all three holders
+            else:
+                assert info.bytes_received == 0 and info.holders == 0
+
+
+def test_identical_states_move_nothing_and_the_revision_rule_is_checked_everywhere() -> None:
+    with local_group(3) as (_, comms):
+        states = {c.peer_id: SharedState({"w": np.ones(100)}, revision=3) for c in comms}
+        infos = on_all(comms, lambda c: c.sync_shared_state(states[c.peer_id]))
+        assert all(info.bytes_received == 0 and info.revision == 3 for info in infos)
+
+        def skip_a_revision(comm):
+            states[comm.peer_id].revision = 5 if comm.rank == 1 else 4
+            return comm.sync_shared_state(states[comm.peer_id])
+
+        with pytest.raises(InvalidArgumentError, match="rank 1: revision 5 after revision 3"):
+            on_all(comms, skip_a_revision)
+        # A failed sync does not count: presenting 4 everywhere now works.
+        for state in states.values():
+            state.revision = 4
+        assert all(i.revision == 4 for i in on_all(comms, lambda c: c.sync_shared_state(states[c.peer_id])))
+
+
+def test_no_holder_left_and_differing_layouts_are_errors_on_every_member() -> None:
+    with local_group(2) as (_, comms):
+        with pytest.raises(CommError, match="no holder"):
+            on_all(comms, lambda c: c.sync_shared_state(SharedState({"w": np.ones(4)}), "receive_only"))
+
+        def layouts(comm):
+            return comm.sync_shared_state(SharedState({"w": np.ones(4 + comm.rank)}))
+
+        with pytest.raises(InvalidArgumentError, match="layouts differ"):
+            on_all(comms, layouts)
+
+
+def test_bad_shared_state_arguments() -> None:
+    with pytest.raises(InvalidArgumentError):
+        SharedState({})
+    with pytest.raises(InvalidArgumentError, match="revision"):
+        SharedState({"w": np.ones(2)}, revision=-1)
+    with pytest.raises(InvalidArgumentError, match="contiguous"):
+        SharedState({"w": np.ones((4, 4))[:, 0]})
+    with local_group(1) as (_, (comm,)), pytest.raises(InvalidArgumentError, match="strategy"):
+        comm.sync_shared_state(SharedState({"w": np.ones(2)}), strategy="majority")
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count file descriptors")
+def test_repeated_failures_leak_no_descriptor_or_thread() -> None:
+    import threading
+
+    with local_group(3) as (master, comms):
+        on_all(comms, lambda c: c.all_reduce(np.ones(8)))
+        fds, threads = _open_descriptors(), threading.active_count()
+        for cycle in range(5):
+            # One peer's ring breaks mid-operation: every peer's operation is abandoned, the
+            # buffers are restored, and the next epoch works.
+            def run(comm, tag=cycle + 1):
+                x = np.full(1 << 18, comm.rank + 1.0)
+                work = comm.all_reduce_async(x, tag=tag)
+                if comm.rank == 0:
+                    comm._engine.abort("a test broke this peer's ring")
+                try:
+                    work.wait()
+                except Aborted:
+                    assert np.all(x == comm.rank + 1.0)
+                y = np.ones(8)
+                while True:
+                    try:
+                        comm.all_reduce(y)
+                        return y
+                    except Aborted:
+                        y[:] = 1
+
+            assert all(np.all(y == 3) for y in on_all(comms, run))
+        assert _open_descriptors() <= fds
+        assert threading.active_count() <= threads + 1  # a link thread may still be finishing
+        assert master.group_state()["epoch"] >= 6
