@@ -189,6 +189,8 @@ void RingEngine::wake() {
 
 void RingEngine::run() {
   try {
+    const auto spin = std::chrono::microseconds(options_.spin_microseconds);
+    auto last_event = Clock::now();
     while (true) {
       std::vector<std::shared_ptr<RingOp>> starting;
       {
@@ -202,10 +204,16 @@ void RingEngine::run() {
       fds[0] = {wake_fd_, POLLIN, 0};
       fds[1] = {from_prev_.fd(), POLLIN, 0};
       fds[2] = {to_next_.fd(), static_cast<short>(send_queue_.empty() ? 0 : POLLOUT), 0};
-      if (::poll(fds.data(), fds.size(), -1) < 0) {
+      if (!starting.empty()) last_event = Clock::now();
+      const bool busy = !active_.empty() || !send_queue_.empty();
+      const int timeout = busy && Clock::now() - last_event < spin ? 0 : -1;
+      const int ready = ::poll(fds.data(), fds.size(), timeout);
+      if (ready < 0) {
         if (errno == EINTR) continue;
         PYCOMM_THROW(IoError, "poll: ", std::strerror(errno));
       }
+      if (ready == 0) continue;
+      last_event = Clock::now();
       if (fds[0].revents != 0) {
         std::uint64_t drained = 0;
         [[maybe_unused]] const ssize_t got = ::read(wake_fd_, &drained, sizeof drained);

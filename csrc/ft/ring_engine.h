@@ -41,6 +41,9 @@ struct EngineOptions {
   std::uint64_t segment_bytes = 256 * 1024;
   // Bytes this peer buffers for operations it has not started yet before failing the epoch.
   std::uint64_t max_early_bytes = std::uint64_t{1} << 30;
+  // While operations are in flight, the loop polls without sleeping for this long after the last
+  // event before it blocks: waking a sleeping thread costs more than one loopback hop.
+  std::uint32_t spin_microseconds = 50;
 };
 
 // Per tag: operations submitted in this epoch, and whether the last one is still unfinished.
