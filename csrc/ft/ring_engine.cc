@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -212,7 +213,11 @@ void RingEngine::run() {
         if (errno == EINTR) continue;
         PYCOMM_THROW(IoError, "poll: ", std::strerror(errno));
       }
-      if (ready == 0) continue;
+      if (ready == 0) {
+        // Spinning: let a thread that has work (a co-located peer on a busy machine) run first.
+        sched_yield();
+        continue;
+      }
       last_event = Clock::now();
       if (fds[0].revents != 0) {
         std::uint64_t drained = 0;
@@ -265,7 +270,7 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
   started_[spec.tag] = o.sequence() + 1;
 
   const auto* input = static_cast<const unsigned char*>(o.input_);
-  switch (spec.collective) {
+  switch (o.gathers_ ? Collective::all_gather : spec.collective) {
     case Collective::all_reduce:
     case Collective::reduce_scatter: {
       for (std::uint32_t step = 0; step + 1 < n; ++step) {
@@ -295,11 +300,12 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
         o.receives_left_ += layout.segments(all_gather_chunk(rank_, step, n));
       }
       o.received_.assign(std::size_t{2} * (n - 1) * max_segments, 0);
+      unsigned char* base = o.all_gather_base();
       const std::uint64_t own = layout.chunk_begin(rank_) * item;
-      std::memcpy(o.result_.data() + own, input, layout.chunk_length(rank_) * item);
+      std::memcpy(base + own, input, layout.chunk_length(rank_) * item);
       for (std::uint32_t segment = 0; segment < layout.segments(rank_); ++segment) {
         const std::uint64_t begin = layout.segment_begin(rank_, segment);
-        queue_data(op, Phase::all_gather, 0, rank_, segment, o.result_.data() + begin * item,
+        queue_data(op, Phase::all_gather, 0, rank_, segment, base + begin * item,
                    layout.segment_length(rank_, segment) * item);
       }
       break;
@@ -419,6 +425,7 @@ unsigned char* RingEngine::place(Incoming& in) {
       base = op.accumulator_buffer_.data();
     } else {
       chunk = all_gather_chunk(rank_, h.step, world_);
+      base = op.all_gather_base();
       index += std::size_t{world_ - 1} * max_segments;
     }
     index += std::size_t{h.step} * max_segments;
@@ -471,10 +478,11 @@ void RingEngine::deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::ui
       const std::uint32_t chunk = all_gather_chunk(rank_, step, n);
       const std::uint64_t begin = layout.segment_begin(chunk, segment);
       if (step + 2 < n) {
-        queue_data(op, Phase::all_gather, step + 1, chunk, segment, o.result_.data() + begin * item,
+        queue_data(op, Phase::all_gather, step + 1, chunk, segment, o.all_gather_base() + begin * item,
                    layout.segment_length(chunk, segment) * item);
       }
       o.receives_left_--;
+      if (o.receives_left_ == 0 && o.gathers_) reduce_gathered(o);
       break;
     }
     case Phase::broadcast: {
@@ -499,6 +507,15 @@ void RingEngine::deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::ui
   }
   if (o.receives_left_ == 0 && !o.data_done_) on_data_done(op);
   maybe_complete(op);
+}
+
+// The last input of a small all-reduce arrived: every peer reduces the same inputs in rank order.
+void RingEngine::reduce_gathered(RingOp& op) {
+  const OpSpec& spec = op.spec();
+  const std::size_t bytes = spec.count * dtype_size(spec.dtype);
+  std::vector<const void*> inputs(world_);
+  for (std::uint32_t r = 0; r < world_; ++r) inputs[r] = op.gathered_.data() + r * bytes;
+  kernels::reduce(op.result_.data(), inputs.data(), world_, spec.count, spec.dtype, spec.op);
 }
 
 void RingEngine::on_data_done(const std::shared_ptr<RingOp>& op) {

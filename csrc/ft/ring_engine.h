@@ -101,6 +101,7 @@ class RingEngine {
   void stash_early(EarlyFrame frame);
   void deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t segment);
   void on_data_done(const std::shared_ptr<RingOp>& op);
+  void reduce_gathered(RingOp& op);
   void maybe_complete(const std::shared_ptr<RingOp>& op);
   bool read_available();
   bool write_available();

@@ -74,9 +74,15 @@ RingOp::RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, s
       accumulator_(reduces(spec.collective) ? kernels::accumulator_dtype(spec.dtype, spec.op) : spec.dtype) {
   const std::size_t item = dtype_size(spec.dtype);
   const std::size_t widest = std::max(item, dtype_size(accumulator_));
+  gathers_ = spec.collective == Collective::all_reduce && world > 1 && spec.count * item <= kGatherAllReduceBytes;
   layout_.chunks = spec.collective == Collective::broadcast ? 1 : world;
-  layout_.total = spec.collective == Collective::all_gather ? spec.count * world : spec.count;
+  layout_.total = spec.collective == Collective::all_gather || gathers_ ? spec.count * world : spec.count;
   layout_.segment_elements = std::max<std::uint64_t>(1, segment_bytes / widest);
+  if (gathers_) {
+    gathered_ = Scratch(layout_.total * item);
+    result_ = Scratch(spec.count * item);
+    return;
+  }
   if (reduces(spec.collective)) accumulator_buffer_ = Scratch(layout_.total * dtype_size(accumulator_));
   const std::uint64_t result_elements =
       spec.collective == Collective::reduce_scatter ? layout_.chunk_length(rank) : layout_.total;

@@ -184,6 +184,8 @@ class Communicator:
     ``timeout``: the deadline of every operation, in seconds. ``heartbeat_interval``: how often
     the master hears from this peer. ``reconnect_timeout``: how long to keep re-registering
     after the master connection breaks before giving up (the run goes on meanwhile).
+    ``segment_bytes`` (the unit that pipelines the ring) and ``spin_microseconds`` (how long the
+    engine busy-polls between events before it sleeps; default 50) tune the data plane.
     """
 
     def __init__(
@@ -198,6 +200,7 @@ class Communicator:
         heartbeat_interval: float = 0.2,
         reconnect_timeout: float = 30.0,
         segment_bytes: int = 256 * 1024,
+        spin_microseconds: int | None = None,
     ) -> None:
         if connections not in (None, 1):
             raise NotSupportedError(
@@ -215,6 +218,7 @@ class Communicator:
         self.heartbeat_interval = float(heartbeat_interval)
         self.reconnect_timeout = float(reconnect_timeout)
         self._segment_bytes = int(segment_bytes)
+        self._spin_microseconds = spin_microseconds
         self.peer_id = uuid.uuid4().hex
         self._lock = threading.Condition(threading.RLock())
         self._epoch = 0
@@ -727,7 +731,12 @@ class Communicator:
             link.close()
             raise
         return _ft.RingEngine(
-            link.sock.detach(), incoming.detach(), rank, world, segment_bytes=self._segment_bytes
+            link.sock.detach(),
+            incoming.detach(),
+            rank,
+            world,
+            segment_bytes=self._segment_bytes,
+            **({} if self._spin_microseconds is None else {"spin_microseconds": self._spin_microseconds}),
         )
 
     def _mark_evicted(self, reason: str) -> None:
