@@ -66,6 +66,8 @@ class transport:  # a submodule: pycomm._core.transport
     def encode_frame(type: int, payload: bytes) -> bytes: ...
     @staticmethod
     def decode_frame(data: bytes, max_payload: int = ...) -> tuple[int, int, bytes]: ...
+    @staticmethod
+    def decode_header(data: bytes, max_payload: int = ...) -> tuple[int, int, int]: ...
     class Connection:
         open: bool
         drop_reason: str
@@ -87,3 +89,56 @@ class transport:  # a submodule: pycomm._core.transport
     def connect(
         host: str, port: int, timeout: float, max_payload: int = ..., user_timeout_ms: int = ...
     ) -> transport.Connection: ...
+
+class ft:  # a submodule: pycomm._core.ft, the ring engine of pycomm.ft
+    DATA_HEADER_BYTES: int
+    @staticmethod
+    def decode_data_header(data: bytes) -> dict[str, Any]: ...
+    @staticmethod
+    def encode_data_header(
+        phase: int,
+        collective: str,
+        dtype: str,
+        op: str,
+        root: int,
+        step: int,
+        tag: int,
+        sequence: int,
+        count: int,
+        segment: int,
+        length: int,
+    ) -> bytes: ...
+
+    class RingOp:
+        status: str  # "running", "completed" or "failed"
+        has_result: bool
+        error: str
+        sequence: int
+        tag: int
+        result_bytes: int
+        def wait(self, timeout: float) -> str: ...
+        def describe(self) -> str: ...
+        def copy_result(self, out: np.ndarray) -> None: ...
+
+    class RingEngine:
+        failed: bool
+        failure: str
+        rank: int
+        world: int
+        bytes_sent: int
+        bytes_received: int
+        def __init__(
+            self,
+            next_fd: int,
+            prev_fd: int,
+            rank: int,
+            world: int,
+            segment_bytes: int = ...,
+            max_early_bytes: int = ...,
+            spin_microseconds: int = ...,
+        ) -> None: ...
+        def submit(
+            self, collective: str, input: np.ndarray, dtype: str, op: str, count: int, root: int, tag: int
+        ) -> ft.RingOp: ...
+        def abort(self, reason: str) -> None: ...
+        def tag_states(self) -> list[tuple[int, int, int, bool]]: ...
