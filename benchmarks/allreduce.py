@@ -31,6 +31,7 @@ Linux.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import importlib.util
 import json
 import math
@@ -90,9 +91,9 @@ DEFAULT_PEERS = (2, 4)
 QUICK_PEERS = (2, 4)
 DEFAULT_SIZES = (4 * KIB, 64 * KIB, 1 * MIB, 16 * MIB, 64 * MIB)
 QUICK_SIZES = (4 * KIB, 1 * MIB)
-DEFAULT_REPEAT = 5
+DEFAULT_REPEAT = 7
 QUICK_REPEAT = 3
-DEFAULT_MIN_TIME_S = 0.05
+DEFAULT_MIN_TIME_S = 0.1
 QUICK_MIN_TIME_S = 0.005
 DEFAULT_FAULT_TRIALS = 3
 QUICK_FAULT_TRIALS = 1
@@ -109,6 +110,7 @@ _CALLS_LIMIT = 1_000_000
 _START_TIMEOUT = 180.0
 _COMMAND_TIMEOUT = 600.0
 _FAULT_TIMEOUT = 60.0
+_CLOSE_TIMEOUT = 10.0
 
 DEFINITIONS = {
     "size_bytes": "bytes of the float32 array each peer all-reduces (sum, in place)",
@@ -131,6 +133,9 @@ DEFINITIONS = {
     "(the members admit it from their pending_peers()/update_topology() loop)",
     "eviction_s": "SIGSTOP of 1 of 4 peers -> the master's group_state() no longer lists it (polled "
     "every millisecond); bounded below by the master's heartbeat_timeout",
+    "shutdown": "per peer count and system: seconds each peer's close took after the measurements "
+    "(pycomm Communicator.close(), gloo destroy_process_group(), MPICH nothing: MPI_Finalize runs at exit), "
+    "and the peers whose close did not return within 10 s, with the stacks they printed",
     "stall_recovery_s": "SIGSTOP of 1 of 4 peers -> the last survivor's first correct all-reduce without it",
 }
 
@@ -475,8 +480,17 @@ def throughput_peer(system: str, control: str, peers: int, rank: int, options: d
         data = np.zeros(0, np.float32)
         while True:
             command = link.receive()
-            if command is None or command["op"] == "exit":
+            if command is None:
                 break
+            if command["op"] == "exit":
+                # Leaving is timed too; a close() that hangs prints every thread's stack and ends the
+                # process, so the driver can report it instead of waiting for it.
+                faulthandler.dump_traceback_later(_CLOSE_TIMEOUT, exit=True)
+                start = time.perf_counter()
+                backend.close()
+                faulthandler.cancel_dump_traceback_later()
+                link.send({"closed_s": time.perf_counter() - start})
+                return
             try:
                 reply, data = _serve(backend, command, data)
             except Exception:
@@ -744,12 +758,12 @@ def _run_peer_count(
     config: AllreduceConfig,
     progress: Callable[[str], None],
     versions: dict[str, str],
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Starts every system's group of ``peers`` processes, measures every size, stops them."""
     from pycomm.ft import Master
     from pycomm.testing import LocalCluster, free_port
 
-    progress(f"peers {peers}: starting {', '.join(systems)} ({peers} processes each)")
+    progress(f"peers {peers}: starting {', '.join(systems)} ({peers} processes per system)")
     lifetime = _START_TIMEOUT + _COMMAND_TIMEOUT * 4
     driver = _Driver()
     mpi_job: _MpiJob | None = None
@@ -757,6 +771,7 @@ def _run_peer_count(
         stack.callback(driver.close)
         cluster = stack.enter_context(LocalCluster(timeout=lifetime))
         groups: list[_Group] = []
+        spawned: dict[str, list[Any]] = {}
         for system in systems:
             if system == "mpich":
                 mpi_job = _MpiJob(peers, driver.address, lifetime)
@@ -775,6 +790,7 @@ def _run_peer_count(
                 )
                 for rank in range(peers)
             ]
+            spawned[system] = processes
             groups.append(_Group(system, peers, driver, _cluster_alive(processes)))
         try:
             for group in groups:
@@ -786,25 +802,58 @@ def _run_peer_count(
                 group.version = group.connections[0].hello.get("version", "")
                 versions.setdefault(group.system, group.version)
             cases = [_measure_size(groups, peers, size, config.settings, progress) for size in config.sizes]
-            _stop_groups(groups, mpi_job, cluster)
+            shutdown = _stop_groups(driver, groups, mpi_job, spawned)
+            for system, record in shutdown.items():
+                if record["did_not_close"]:
+                    progress(
+                        f"peers {peers}: {len(record['did_not_close'])} {system} peer(s) did not return from "
+                        f"close() within {_CLOSE_TIMEOUT:g} s (stacks in the JSON)"
+                    )
+            with contextlib.suppress(PycommError):
+                cluster.wait_all(timeout=30, check=False)
         finally:
             if mpi_job is not None:
                 mpi_job.expected_end = True
                 driver.close()  # its ranks see their control connection close and leave
                 mpi_job.thread.join(timeout=60)
-    return cases
+    return cases, {"peers": peers, "systems": shutdown}
 
 
-def _stop_groups(groups: Sequence[_Group], mpi_job: _MpiJob | None, cluster: Any) -> None:
+def _stop_groups(
+    driver: _Driver, groups: Sequence[_Group], mpi_job: _MpiJob | None, processes: dict[str, list[Any]]
+) -> dict[str, Any]:
+    """Tells every peer to leave; returns per system how long each peer's close took, and which did
+    not return from it (with the stacks the peer printed)."""
     for group in groups:
         for connection in group.connections:
             with contextlib.suppress(OSError):
                 connection.send({"op": "exit"})
+
+    def answered() -> bool:
+        return all(c.lines or c.closed for group in groups for c in group.connections)
+
+    with contextlib.suppress(BenchmarkFailed):
+        driver.wait(answered, _CLOSE_TIMEOUT + 5, "peers to leave", lambda: None)
     if mpi_job is not None:
         mpi_job.expected_end = True
         mpi_job.thread.join(timeout=60)
-    with contextlib.suppress(PycommError):
-        cluster.wait_all(timeout=60, check=False)
+    shutdown: dict[str, Any] = {}
+    for group in groups:
+        closed, hung = [], []
+        for rank, connection in enumerate(group.connections):
+            reply = connection.lines.popleft() if connection.lines else {}
+            if "closed_s" in reply:
+                closed.append(reply["closed_s"])
+                continue
+            stacks = ""
+            for process in processes.get(group.system, []):
+                if process.pid == connection.hello.get("pid"):
+                    with contextlib.suppress(PycommError):
+                        process.wait(timeout=_CLOSE_TIMEOUT, check=False)
+                    stacks = _tail(process.read_stderr(), 60)
+            hung.append({"rank": rank, "stderr_tail": stacks})
+        shutdown[group.system] = {"close_s": closed, "did_not_close": hung}
+    return shutdown
 
 
 # -- the driver's side: faults ------------------------------------------------------------------
@@ -848,23 +897,36 @@ def fault_peer(control: str, master: str, min_world: int, elements: int) -> None
     reported: set[int] = set()
     formed = min_world <= 1
     while True:
-        try:
-            if comm.pending_peers():
-                comm.update_topology()
-            # Until the first group is complete its members only admit; the decision depends on the
-            # world size alone, so every member takes it alike.
-            formed = formed or comm.world_size >= min_world
-            if not formed:
-                time.sleep(0.005)
-                continue
+        # Each operation that raises Aborted is retried by itself. The survivors agree on which
+        # operations finished, so retrying just the aborted one keeps every peer's sequence of
+        # collectives the same; starting the iteration over instead would let a peer whose
+        # all_reduce was aborted run pending_peers() while another, whose pending_peers() was kept,
+        # runs the all_reduce, and both would wait for each other until the operation's deadline.
+        while True:
+            try:
+                pending = comm.pending_peers()
+                break
+            except Aborted:
+                counts["aborts"] += 1
+        if pending:
+            comm.update_topology()
+        # Until the first group is complete its members only admit; the decision depends on the
+        # world size alone, so every member takes it alike.
+        formed = formed or comm.world_size >= min_world
+        if not formed:
+            time.sleep(0.005)
+            continue
+        while True:
+            # The input depends on the rank, which a new epoch may change: rebuilt for each try.
             epoch, rank, world = comm.epoch, comm.rank, comm.world_size
             if rank not in inputs:
                 inputs[rank] = peer_input(rank, elements)
             np.copyto(data, inputs[rank])
-            info = comm.all_reduce(data)
-        except Aborted:
-            counts["aborts"] += 1
-            continue
+            try:
+                info = comm.all_reduce(data)
+                break
+            except Aborted:
+                counts["aborts"] += 1
         done = time.monotonic()
         counts["ops"] += 1
         if (info.epoch, info.rank, info.world_size) != (epoch, rank, world):
@@ -937,6 +999,8 @@ class _FaultRun:
                 for trial in range(config.fault_trials):
                     trials.append(self._trial(trial))
                 counts = self._counts()
+            except BenchmarkFailed as error:
+                raise BenchmarkFailed(f"{error}\n{self._diagnosis()}") from None
             finally:
                 for peer in self.peers:
                     if peer.connection is not None:
@@ -1091,6 +1155,23 @@ class _FaultRun:
         self.driver.wait(done, _FAULT_TIMEOUT, what, self._check)
         return result
 
+    def _diagnosis(self) -> str:
+        """What the master holds and logged, what every peer last reported, and the peers' stacks."""
+        lines = [f"master: {self.master.group_state()}"]
+        lines += [f"  master {when:.3f}: {what}" for when, what in list(self.master.events)[-40:]]
+        for peer in self.peers:
+            process = peer.process
+            state = "running" if process.running else f"exited {process.returncode}"
+            if process.running and process.stalled:
+                state = "stopped"
+            lines.append(f"{process.name} ({state}, gone={peer.gone}, {peer.peer_id[:8]}): last {peer.last}")
+        for peer in self._members():
+            if peer.process.running and not peer.process.stalled:
+                peer.process.dump_stacks()
+        for peer in self._members():
+            lines.append(f"--- {peer.process.name} stderr:\n{_tail(peer.process.read_stderr(), 80)}")
+        return "\n".join(lines)
+
     def _counts(self) -> dict[str, int]:
         totals = {"ops": 0, "verified": 0, "unverified": 0, "aborts": 0, "mismatches": 0}
         self._collect()
@@ -1117,8 +1198,11 @@ def run_allreduce(config: AllreduceConfig, progress: Callable[[str], None] | Non
     machine = machine_info()
     versions: dict[str, str] = {}
     cases: list[dict[str, Any]] = []
+    shutdowns: list[dict[str, Any]] = []
     for peers in config.peers:
-        cases += _run_peer_count(peers, systems, config, report, versions)
+        measured, shutdown = _run_peer_count(peers, systems, config, report, versions)
+        cases += measured
+        shutdowns.append(shutdown)
     faults = _FaultRun(config, report).run() if config.recovery else None
     return {
         "benchmark": "allreduce",
@@ -1136,6 +1220,7 @@ def run_allreduce(config: AllreduceConfig, progress: Callable[[str], None] | Non
             for system in ("pycomm", *config.anchors)
         },
         "cases": cases,
+        "shutdown": shutdowns,
         "faults": faults,
         "seconds": time.monotonic() - started,
     }
@@ -1178,6 +1263,13 @@ def format_report(document: dict[str, Any]) -> str:
         row += [case["ratios"].get(anchor, "-") for anchor in anchors]
         rows.append(row)
     parts += ["", format_table(headers, rows)]
+    for shutdown in document.get("shutdown", []):
+        for system, record in shutdown["systems"].items():
+            if record["did_not_close"]:
+                parts.append(
+                    f"warning: with {shutdown['peers']} peers, {len(record['did_not_close'])} {system} "
+                    f"peer(s) did not return from close() within {_CLOSE_TIMEOUT:g} s (stacks in the JSON)"
+                )
     faults = document["faults"]
     if faults is not None:
         master = faults["master"]
