@@ -7,6 +7,8 @@ with real processes are in test_ft_faults.py.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -82,10 +84,12 @@ def to_float(bits: np.ndarray, dtype: str) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
+@pytest.mark.parametrize("transport", ["shared memory", "tcp"])
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 5, 6])
-def test_all_reduce_equals_numpy_on_every_dtype_and_op(world: int) -> None:
+def test_all_reduce_equals_numpy_on_every_dtype_and_op(world: int, transport: str) -> None:
     size = 1000 + world  # not a multiple of the world size: uneven chunks
-    with local_group(world, segment_bytes=1024) as (_, comms):
+    shared = transport == "shared memory"
+    with local_group(world, segment_bytes=1024, shared_memory=shared) as (_, comms):
 
         def run(comm) -> dict:
             results = {}
@@ -274,3 +278,23 @@ def test_the_readme_example_runs() -> None:
     finally:
         namespace["comm"].close()
         namespace["master"].close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shared_memory_segments_are_removed_and_large_operations_span_rounds() -> None:
+    def segments() -> set:
+        return {name for name in os.listdir("/dev/shm") if name.startswith("pycomm-")}
+
+    before = segments()
+    with local_group(3) as (_, comms):
+        ids = {c.peer_id for c in comms}
+
+        def run(comm):
+            x = np.arange(3_000_001, dtype=np.float64) * (comm.rank + 1)  # 24 MB: many rounds
+            comm.all_reduce(x)
+            return x
+
+        for x in on_all(comms, run):
+            assert np.array_equal(x, np.arange(3_000_001, dtype=np.float64) * 6)
+        assert len({s for s in segments() - before if s.split("-")[1] in ids}) == 3
+    assert segments() - before == set()

@@ -5,6 +5,8 @@ buffer restored bit for bit, the next operation correct in the new epoch, the st
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -31,31 +33,35 @@ def _join(address: str, world: int) -> Communicator:
 
 
 def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank: int) -> None:
-    """Loops large all-reduces. The victim announces each operation it submitted (the test then
-    freezes and kills it inside one). The survivors check, after an Aborted, that the buffer was
-    restored and that the next all-reduce in the smaller group is exact, then exit."""
+    """Loops large all-reduces. The victim freezes itself inside its third one (the test then
+    kills it). The survivors check, after an Aborted, that the buffer was restored and that the
+    next all-reduce in the smaller group is exact, then exit."""
     comm = _join(address, world)
     print(f"ready rank={comm.rank}", flush=True)
     victim = comm.rank == victim_rank
     aborted = False
     count = 0
     while True:
-        rank, members = comm.rank, comm.world_size
-        x = np.full(size, rank + 1, np.float32)
+        # Ones, so the expected sum is the group size the operation really ran with (the epoch
+        # may change between reading comm.world_size and submitting).
+        x = np.ones(size, np.float32)
         try:
             work = comm.all_reduce_async(x)
             count += 1
-            if victim:
-                print(f"submitted {count}", flush=True)
-            work.wait()
+            if victim and count == 3:
+                # Freeze inside the operation (the test then kills this process): the others
+                # cannot finish it without this peer's data.
+                print("stopping inside operation 3", flush=True)
+                os.kill(os.getpid(), signal.SIGSTOP)
+            info = work.wait()
         except Aborted as error:
-            restored = bool(np.all(x == rank + 1))
+            restored = bool(np.all(x == 1))
             print(f"aborted restored={restored} reason={str(error)[:80]!r}", flush=True)
             aborted = True
             continue
-        correct = bool(np.all(x == members * (members + 1) / 2))
+        correct = bool(np.all(x == info.world_size))
         if aborted:
-            print(f"recovered world={members} correct={correct}", flush=True)
+            print(f"recovered world={info.world_size} correct={correct}", flush=True)
             comm.close()
             return
         if not correct:
@@ -69,8 +75,9 @@ def test_sigkill_during_a_large_all_reduce_aborts_restores_and_recovers() -> Non
         for peer in peers:
             if peer.wait_for_line(r"ready rank=(\d)", timeout=60).group(1) == "2":
                 victim = peer
-        victim.wait_for_line(r"submitted 3", timeout=60)
-        victim.stall()  # frozen inside its third 64 MiB all-reduce, which the others are running too
+        members = master.group_state()["members"]
+        victim.wait_for_line(r"stopping inside operation 3", timeout=60)
+        victim.stall()  # already stopped by itself inside its third 64 MiB all-reduce
         victim.kill()
         for peer in peers:
             if peer is victim:
@@ -80,6 +87,10 @@ def test_sigkill_during_a_large_all_reduce_aborts_restores_and_recovers() -> Non
             assert "aborted restored=True" in out, out
             assert "restored=False" not in out, out
             assert "recovered world=2 correct=True" in out, out
+    # No shared-memory segment outlives the run, not even the killed peer's.
+    if os.path.isdir("/dev/shm"):
+        left = [name for name in os.listdir("/dev/shm") if any(peer in name for peer in members)]
+        assert left == []
 
 
 def _small_all_reduces_until_evicted_or_alone(address: str) -> None:
@@ -222,3 +233,24 @@ def test_strategies(strategy: str) -> None:
         for rank, info, state in on_all(comms, sync):
             assert np.all(state.arrays["w"] == 0) and state.revision == 0
             assert info.bytes_received == (8000 if rank == 0 else 0)
+
+
+def test_every_survivor_hears_of_a_failure_once_even_between_operations() -> None:
+    with local_group(3) as (_, comms):
+        on_all(comms, lambda c: c.all_reduce(np.ones(4)))
+        epoch = comms[0].epoch
+        # A failure while no operation is in flight (here: one peer's ring breaks).
+        comms[2]._report_failure(epoch, "a test broke this peer's ring")
+        deadline = time.monotonic() + 10
+        while any(c.epoch == epoch for c in comms):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        def next_operations(comm):
+            x = np.ones(4)
+            with pytest.raises(Aborted, match="the group changed"):
+                comm.all_reduce(x)
+            comm.all_reduce(x)  # told once; the retry runs in the new epoch
+            return x
+
+        assert all(np.all(x == 3) for x in on_all(comms, next_operations))

@@ -136,11 +136,13 @@ void bind_ft(py::module_& m) {
 
   py::class_<RingEngine>(m, "RingEngine", "The data plane of one epoch (see csrc/ft/ring_engine.h).")
       .def(py::init([](int next_fd, int prev_fd, std::uint32_t rank, std::uint32_t world, std::uint64_t segment_bytes,
-                       std::uint64_t max_early_bytes, std::uint32_t spin_microseconds) {
+                       std::uint64_t max_early_bytes, std::uint32_t spin_microseconds,
+                       std::vector<std::string> shared_memory_names) {
              ft::EngineOptions options;
              options.segment_bytes = segment_bytes;
              options.max_early_bytes = max_early_bytes;
              options.spin_microseconds = spin_microseconds;
+             options.shared_memory_names = std::move(shared_memory_names);
              return std::make_unique<RingEngine>(transport::Socket(next_fd), transport::Socket(prev_fd), rank, world,
                                                  options);
            }),
@@ -148,6 +150,7 @@ void bind_ft(py::module_& m) {
            py::arg("segment_bytes") = ft::EngineOptions{}.segment_bytes,
            py::arg("max_early_bytes") = ft::EngineOptions{}.max_early_bytes,
            py::arg("spin_microseconds") = ft::EngineOptions{}.spin_microseconds,
+           py::arg("shared_memory_names") = std::vector<std::string>{},
            "Takes ownership of both file descriptors (pass -1 for a ring of one).")
       .def(
           "submit",

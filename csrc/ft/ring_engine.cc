@@ -97,6 +97,11 @@ RingEngine::RingEngine(transport::Socket to_next, transport::Socket from_prev, s
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) PYCOMM_THROW(IoError, "eventfd: ", std::strerror(errno));
   incoming_ = std::make_unique<Incoming>();
+  if (!options_.shared_memory_names.empty()) {
+    PYCOMM_ENFORCE(options_.shared_memory_names.size() == world, "one shared-memory name per rank is needed, got ",
+                   options_.shared_memory_names.size(), " for ", world);
+    shared_memory_ = std::make_unique<ShmAllReduce>(options_.shared_memory_names, rank);
+  }
   thread_ = std::thread([this] { run(); });
 }
 
@@ -113,7 +118,8 @@ std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input
     state.tag = spec.tag;
     PYCOMM_ENFORCE(state.submitted == state.completed, "an operation with tag ", spec.tag,
                    " is already in flight; concurrent operations need different tags");
-    op = std::make_shared<RingOp>(spec, state.submitted++, rank_, world_, options_.segment_bytes, input);
+    const bool shared = shared_memory_ != nullptr && spec.collective == Collective::all_reduce;
+    op = std::make_shared<RingOp>(spec, state.submitted++, rank_, world_, options_.segment_bytes, input, shared);
     latest_[spec.tag] = op;
     if (stopping_) {
       op->finish(OpStatus::failed, failure_);
@@ -200,6 +206,7 @@ void RingEngine::run() {
         starting.swap(submitted_);
       }
       for (const auto& op : starting) start(op);
+      if (advance_shared_memory()) last_event = Clock::now();
       write_available();
       std::array<pollfd, 3> fds{};
       fds[0] = {wake_fd_, POLLIN, 0};
@@ -207,7 +214,12 @@ void RingEngine::run() {
       fds[2] = {to_next_.fd(), static_cast<short>(send_queue_.empty() ? 0 : POLLOUT), 0};
       if (!starting.empty()) last_event = Clock::now();
       const bool busy = !active_.empty() || !send_queue_.empty();
-      const int timeout = busy && Clock::now() - last_event < spin ? 0 : -1;
+      int timeout = busy && Clock::now() - last_event < spin ? 0 : -1;
+      if (!shared_memory_ops_.empty()) {
+        // Shared memory rings no bell: poll it, yielding the core, and after a while without
+        // progress (a peer that has not started the operation yet) every millisecond.
+        timeout = Clock::now() - last_event < std::chrono::milliseconds(50) ? 0 : 1;
+      }
       const int ready = ::poll(fds.data(), fds.size(), timeout);
       if (ready < 0) {
         if (errno == EINTR) continue;
@@ -251,6 +263,7 @@ void RingEngine::fail_all(const std::string& reason) {
   for (const auto& [key, op] : active_) ops.push_back(op);
   for (const auto& op : ops) op->finish(OpStatus::failed, reason);
   active_.clear();
+  shared_memory_ops_.clear();
   early_.clear();
   send_queue_.clear();
   // Wakes the neighbours at once instead of leaving them to their deadlines.
@@ -268,6 +281,11 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
   const std::uint32_t max_segments = layout.segments(0);
   active_[{spec.tag, o.sequence()}] = op;
   started_[spec.tag] = o.sequence() + 1;
+  if (o.shared_memory_) {
+    shared_memory_ops_.push_back(op);
+    advance_shared_memory();
+    return;
+  }
 
   const auto* input = static_cast<const unsigned char*>(o.input_);
   switch (o.gathers_ ? Collective::all_gather : spec.collective) {
@@ -528,6 +546,10 @@ void RingEngine::on_data_done(const std::shared_ptr<RingOp>& op) {
 
 void RingEngine::maybe_complete(const std::shared_ptr<RingOp>& op) {
   if (!op->data_done_ || op->tokens_received_ + 1 < world_ || op->sends_queued_ != 0) return;
+  complete_op(op);
+}
+
+void RingEngine::complete_op(const std::shared_ptr<RingOp>& op) {
   const OpKey key{op->spec().tag, op->sequence()};
   if (active_.erase(key) == 0) return;
   {
@@ -535,6 +557,22 @@ void RingEngine::maybe_complete(const std::shared_ptr<RingOp>& op) {
     tags_[op->spec().tag].completed++;
   }
   op->finish(OpStatus::completed, "");
+}
+
+// Moves every shared-memory operation on; returns true if any made progress.
+bool RingEngine::advance_shared_memory() {
+  bool progress = false;
+  for (std::size_t i = 0; i < shared_memory_ops_.size();) {
+    const std::shared_ptr<RingOp> op = shared_memory_ops_[i];
+    progress |= shared_memory_->advance(*op);
+    if (shared_memory_->finished(*op)) {
+      shared_memory_ops_.erase(shared_memory_ops_.begin() + static_cast<std::ptrdiff_t>(i));
+      complete_op(op);
+    } else {
+      ++i;
+    }
+  }
+  return progress;
 }
 
 bool RingEngine::read_available() {

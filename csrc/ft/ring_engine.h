@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "ft/ring_op.h"
+#include "ft/shm_all_reduce.h"
 #include "transport/tcp/socket.h"
 
 namespace pycomm::ft {
@@ -44,6 +45,9 @@ struct EngineOptions {
   // While operations are in flight, the loop polls without sleeping for this long after the last
   // event before it blocks: waking a sleeping thread costs more than one loopback hop.
   std::uint32_t spin_microseconds = 50;
+  // One shared-memory segment name per rank when every peer of the ring runs on this machine:
+  // all-reduces then go through shared memory (shm_all_reduce.h). Empty: everything on the ring.
+  std::vector<std::string> shared_memory_names;
 };
 
 // Per tag: operations submitted in this epoch, and whether the last one is still unfinished.
@@ -101,6 +105,8 @@ class RingEngine {
   void stash_early(EarlyFrame frame);
   void deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t segment);
   void on_data_done(const std::shared_ptr<RingOp>& op);
+  bool advance_shared_memory();
+  void complete_op(const std::shared_ptr<RingOp>& op);
   void reduce_gathered(RingOp& op);
   void maybe_complete(const std::shared_ptr<RingOp>& op);
   bool read_available();
@@ -125,6 +131,8 @@ class RingEngine {
   // Loop state (engine thread only).
   std::map<OpKey, std::shared_ptr<RingOp>> active_;
   std::map<std::uint64_t, std::uint64_t> started_;  // per tag, operations the loop has started
+  std::unique_ptr<ShmAllReduce> shared_memory_;
+  std::vector<std::shared_ptr<RingOp>> shared_memory_ops_;
   std::map<OpKey, std::vector<EarlyFrame>> early_;
   std::uint64_t early_bytes_ = 0;
   std::deque<OutFrame> send_queue_;

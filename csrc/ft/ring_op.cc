@@ -65,15 +65,20 @@ bool reduces(Collective collective) {
 }  // namespace
 
 RingOp::RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, std::uint32_t world,
-               std::uint64_t segment_bytes, const void* input)
+               std::uint64_t segment_bytes, const void* input, bool shared_memory)
     : spec_(spec),
       sequence_(sequence),
       rank_(rank),
       world_(world),
       input_(input),
-      accumulator_(reduces(spec.collective) ? kernels::accumulator_dtype(spec.dtype, spec.op) : spec.dtype) {
+      accumulator_(reduces(spec.collective) ? kernels::accumulator_dtype(spec.dtype, spec.op) : spec.dtype),
+      shared_memory_(shared_memory) {
   const std::size_t item = dtype_size(spec.dtype);
   const std::size_t widest = std::max(item, dtype_size(accumulator_));
+  if (shared_memory_) {
+    result_ = Scratch(spec.count * item);
+    return;
+  }
   gathers_ = spec.collective == Collective::all_reduce && world > 1 && spec.count * item <= kGatherAllReduceBytes;
   layout_.chunks = spec.collective == Collective::broadcast ? 1 : world;
   layout_.total = spec.collective == Collective::all_gather || gathers_ ? spec.count * world : spec.count;

@@ -68,8 +68,9 @@ inline constexpr std::uint64_t kGatherAllReduceBytes = 16 * 1024;
 class RingOp {
  public:
   // `input` must stay valid and unchanged until the operation has completed or failed.
+  // `shared_memory`: an all-reduce run by ShmAllReduce instead of the ring.
   RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, std::uint32_t world,
-         std::uint64_t segment_bytes, const void* input);
+         std::uint64_t segment_bytes, const void* input, bool shared_memory = false);
 
   const OpSpec& spec() const { return spec_; }
   std::uint64_t sequence() const { return sequence_; }
@@ -87,6 +88,7 @@ class RingOp {
 
  private:
   friend class RingEngine;
+  friend class ShmAllReduce;
 
   void finish(OpStatus status, const std::string& error);
   void mark_has_result();
@@ -104,6 +106,13 @@ class RingOp {
   // them locally in rank order: one ring pass instead of two, the same bytes on every peer.
   Scratch gathered_;
   bool gathers_ = false;
+
+  // Shared-memory progress (ShmAllReduce, engine thread only).
+  const bool shared_memory_;
+  int shm_stage_ = 0;
+  std::uint32_t shm_slot_ = 0;
+  std::uint64_t shm_round_ = 0;
+  std::uint64_t shm_rounds_ = 0;
 
   // Where all-gather frames land: the gather buffer of a small all-reduce, else the result.
   unsigned char* all_gather_base() const { return gathers_ ? gathered_.data() : result_.data(); }

@@ -69,16 +69,15 @@ def run_step(
     while True:
         world, rank = comm.world_size, comm.rank
         buffers = [make_input(revision, tag, rank, size) for tag in range(concurrency)]
-        works = [
-            comm.all_reduce_async(
-                buffers[tag],
-                op=OPERATIONS[tag % len(OPERATIONS)][1],
-                tag=tag,
-                dtype=OPERATIONS[tag % len(OPERATIONS)][0],
-            )
-            for tag in range(concurrency)
-        ]
+        works = []
         aborted = False
+        try:
+            for tag in range(concurrency):
+                kind = OPERATIONS[tag % len(OPERATIONS)]
+                works.append(comm.all_reduce_async(buffers[tag], op=kind[1], tag=tag, dtype=kind[0]))
+        except Aborted:
+            aborted = True  # the group changed since this peer's last operation
+            counters["aborts"] += 1
         for tag, work in enumerate(works):
             try:
                 work.wait()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import os
 import socket
 import threading
 import time
@@ -74,6 +75,8 @@ REDUCE_OPS = ("sum", "avg", "prod", "min", "max")
 INTERNAL_TAG_BASE = 1 << 63
 TAG_PENDING = INTERNAL_TAG_BASE + 1
 LINK_TIMEOUT = 5.0
+# How long an abandoned operation waits for the master to start the next epoch.
+RECOVERY_WAIT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,23 @@ def _like_input(template: Any, array: np.ndarray, dtype: str) -> Any:
     if dtype == "bfloat16":
         tensor = tensor.view(torch.bfloat16)
     return tensor
+
+
+def node_identity() -> str:
+    """Which machine and shared-memory namespace this process runs in: peers with the same value
+    can reach each other's /dev/shm (the boot id tells machines apart, /dev/shm's device and inode
+    containers that do not share it)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()
+        shm = os.stat("/dev/shm")
+    except OSError:
+        return ""  # no shared-memory path on this system
+    return f"{boot}:{shm.st_dev}:{shm.st_ino}"
+
+
+def _segment_name(peer_id: str, epoch: int) -> str:
+    return f"/pycomm-{peer_id}-{epoch}"
 
 
 def _user_tag(tag: Any, internal: bool = False) -> int:
@@ -162,11 +182,15 @@ class Work:
                 return self._keep()
             reason = self._handle.error or reason
         self._comm._report_failure(self._epoch, reason)
+        # The new epoch may take the master a recovery round: wait for it even if this
+        # operation's own deadline has passed.
+        decision_deadline = max(deadline, time.monotonic() + RECOVERY_WAIT)
         keep = self._handle is not None and self._comm._await_decision(
-            self._epoch, self._handle.tag, self._handle.sequence, deadline
+            self._epoch, self._handle.tag, self._handle.sequence, decision_deadline
         )
         if keep:
             return self._keep()
+        self._comm._owes_abort = None  # this Aborted is the notice of the failure
         raise Aborted(
             f"{self._description} was abandoned in epoch {self._epoch}: {reason}; the group is now in epoch "
             f"{self._comm.epoch} with {self._comm.world_size} peer(s)"
@@ -186,6 +210,8 @@ class Communicator:
     after the master connection breaks before giving up (the run goes on meanwhile).
     ``segment_bytes`` (the unit that pipelines the ring) and ``spin_microseconds`` (how long the
     engine busy-polls between events before it sleeps; default 50) tune the data plane.
+    ``shared_memory``: when every member runs on this machine, all-reduces go through shared
+    memory (/dev/shm) instead of the ring's TCP links; False keeps them on TCP.
     """
 
     def __init__(
@@ -201,6 +227,7 @@ class Communicator:
         reconnect_timeout: float = 30.0,
         segment_bytes: int = 256 * 1024,
         spin_microseconds: int | None = None,
+        shared_memory: bool = True,
     ) -> None:
         if connections not in (None, 1):
             raise NotSupportedError(
@@ -219,6 +246,7 @@ class Communicator:
         self.reconnect_timeout = float(reconnect_timeout)
         self._segment_bytes = int(segment_bytes)
         self._spin_microseconds = spin_microseconds
+        self._node = node_identity() if shared_memory else ""
         self.peer_id = uuid.uuid4().hex
         self._lock = threading.Condition(threading.RLock())
         self._epoch = 0
@@ -236,6 +264,8 @@ class Communicator:
         self._threads: list[threading.Thread] = []
         self._last_synced_revision: int | None = None
         self._newly_admitted = False
+        # Set when a failure ended an epoch; cleared when this peer raises Aborted (see _submit).
+        self._owes_abort: str | None = None
         self._admitted: list[str] = []  # peers admitted into the current epoch
         self._state_server: Any = None
 
@@ -488,6 +518,15 @@ class Communicator:
             self._newly_admitted = False
         with self._lock:
             self._raise_if_unusable()
+            if self._owes_abort is not None:
+                # A failure ended the epoch and this peer has not raised Aborted for it yet (no
+                # operation of its was abandoned): every survivor gets one Aborted per failure,
+                # so all of them go back to the same point of their loops.
+                reason, self._owes_abort = self._owes_abort, None
+                raise Aborted(
+                    f"the group changed since the last operation ({reason}); it is now in epoch "
+                    f"{self._epoch} with {self.world_size} peer(s): retry"
+                )
             if tag in self._inflight:
                 raise InvalidArgumentError(
                     f"an operation with tag {tag} is already in flight; use another tag"
@@ -574,6 +613,7 @@ class Communicator:
                 "host": host,
                 "port": self._listener.port,
                 "nonce": nonce,
+                "node": self._node,
                 "mac": sign(
                     self._secret, field(challenge, "nonce", str), "hello", self.peer_id, self.peer_group
                 ),
@@ -669,11 +709,13 @@ class Communicator:
         for entry in members:
             if not isinstance(entry, dict):
                 raise ProtocolError("a member entry must be an object")
+            node = entry.get("node", "")
             entries.append(
                 {
                     "id": field(entry, "id", str),
                     "host": field(entry, "host", str),
                     "port": field(entry, "port", int),
+                    "node": node if isinstance(node, str) else "",
                 }
             )
         kept = set()
@@ -697,12 +739,18 @@ class Communicator:
             engine = self._build_ring(epoch, entries, rank)
         except (CommError, OSError) as error:
             failure = f"could not form the ring of epoch {epoch}: {error}"
+        # Segments of peers that left without cleaning up (killed) would stay in /dev/shm.
+        for departed in {entry["id"] for entry in self._members} - set(ids):
+            with contextlib.suppress(OSError):
+                os.unlink("/dev/shm" + _segment_name(departed, old_epoch))
         with self._lock:
             self._decisions[old_epoch] = kept
             for old in [e for e in self._decisions if e < old_epoch - 16]:
                 del self._decisions[old]
             self._epoch, self._members, self._rank, self._engine = epoch, entries, rank, engine
             self._admitted = admitted
+            if isinstance(body.get("failed"), int) and self._owes_abort is None:
+                self._owes_abort = str(body.get("reason", "a peer failed"))[:200]
             self._reported_epoch = None
             self._lock.notify_all()
         if failure is not None:
@@ -736,8 +784,15 @@ class Communicator:
             rank,
             world,
             segment_bytes=self._segment_bytes,
+            shared_memory_names=self._shared_memory_names(epoch, members),
             **({} if self._spin_microseconds is None else {"spin_microseconds": self._spin_microseconds}),
         )
+
+    def _shared_memory_names(self, epoch: int, members: list[dict]) -> list[str]:
+        """Segment names for the shared-memory all-reduce when every member runs beside this one."""
+        if not self._node or any(entry.get("node") != self._node for entry in members):
+            return []
+        return [_segment_name(entry["id"], epoch) for entry in members]
 
     def _mark_evicted(self, reason: str) -> None:
         with self._lock:

@@ -50,10 +50,11 @@ class _Session:
     data_host: str
     data_port: int
     last_seen: float
+    node: str = ""  # which machine (and shared-memory namespace) the peer runs on
     alive: bool = True
 
     def member_entry(self) -> dict:
-        return {"id": self.peer_id, "host": self.data_host, "port": self.data_port}
+        return {"id": self.peer_id, "host": self.data_host, "port": self.data_port, "node": self.node}
 
 
 @dataclasses.dataclass
@@ -278,6 +279,9 @@ class Master:
         data_host = field(hello, "host", str)
         data_port = field(hello, "port", int)
         peer_nonce = field(hello, "nonce", str)
+        node = hello.get("node", "")
+        if not isinstance(node, str) or len(node) > 200:
+            raise ProtocolError("HELLO field 'node' must be a string of at most 200 characters")
         if not (
             0 < len(peer_id) <= 64
             and len(data_host) <= 255
@@ -291,7 +295,7 @@ class Master:
             channel.send(Message.REFUSE, {"reason": str(error), "auth": True})
             raise
         rejoin = hello.get("rejoin")
-        session = _Session(peer_id, group_id, channel, data_host, data_port, time.monotonic())
+        session = _Session(peer_id, group_id, channel, data_host, data_port, time.monotonic(), node)
         with self._lock:
             old = self._sessions.get(peer_id)
             if old is not None and old.alive:
@@ -343,7 +347,13 @@ class Master:
         port = field(entry, "port", int)
         if not 0 < port < 65536:
             raise ProtocolError("member port out of range")
-        return {"id": field(entry, "id", str), "host": field(entry, "host", str), "port": port}
+        node = entry.get("node", "")
+        return {
+            "id": field(entry, "id", str),
+            "host": field(entry, "host", str),
+            "port": port,
+            "node": node if isinstance(node, str) else "",
+        }
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -426,9 +436,18 @@ class Master:
             return
         commits = decide_commits(recovery.reports)
         group.recovery = None
-        self._new_epoch(group_id, admit_pending=not group.members, commits=commits, reason=recovery.reason)
+        self._new_epoch(
+            group_id,
+            admit_pending=not group.members,
+            commits=commits,
+            reason=recovery.reason,
+            failed=recovery.epoch,
+        )
 
-    def _new_epoch(self, group_id: int, admit_pending: bool, commits: list, reason: str) -> None:
+    def _new_epoch(
+        self, group_id: int, admit_pending: bool, commits: list, reason: str, failed: int | None = None
+    ) -> None:
+        """Starts the next epoch; `failed`: the epoch a failure ended (None for a planned change)."""
         group = self._groups[group_id]
         admitted = []
         if admit_pending:
@@ -445,6 +464,7 @@ class Master:
             "epoch": group.epoch,
             "members": group.members,
             "admitted": admitted,
+            "failed": failed,
             "commits": commits,
             "reason": reason,
         }

@@ -1,0 +1,193 @@
+#include "ft/shm_all_reduce.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/error.h"
+#include "kernels/reduce.h"
+
+namespace pycomm::ft {
+namespace {
+
+std::uint64_t kind_of(const OpSpec& spec) {
+  return static_cast<std::uint64_t>(spec.dtype) | static_cast<std::uint64_t>(spec.op) << 8;
+}
+
+bool has_inputs(const ShmSlot& slot, std::uint64_t rounds) {
+  return slot.inputs.load(std::memory_order_acquire) >= rounds;
+}
+bool has_reduced(const ShmSlot& slot, std::uint64_t rounds) {
+  return slot.reduced.load(std::memory_order_acquire) >= rounds;
+}
+bool has_consumed(const ShmSlot& slot, std::uint64_t rounds) {
+  return slot.consumed.load(std::memory_order_acquire) >= rounds;
+}
+
+}  // namespace
+
+ShmAllReduce::ShmAllReduce(std::vector<std::string> names, std::uint32_t rank)
+    : names_(std::move(names)), rank_(rank), world_(static_cast<std::uint32_t>(names_.size())) {
+  PYCOMM_ENFORCE(rank < world_, "rank ", rank, " outside ", world_, " shared-memory segments");
+  segments_.resize(world_);
+}
+
+std::uint64_t ShmAllReduce::piece_elements(const RingOp& op) const {
+  // The input piece and this peer's output chunk (at most piece / world + 1 elements) share a buffer.
+  const std::size_t item = dtype_size(op.spec().dtype);
+  const std::uint64_t fit = (kShmBufferBytes / item - 64) * world_ / (world_ + 1);
+  return std::max<std::uint64_t>(fit, 1);
+}
+
+std::size_t ShmAllReduce::output_offset(const RingOp& op) const {
+  const std::size_t bytes = piece_elements(op) * dtype_size(op.spec().dtype);
+  return (bytes + 63) / 64 * 64;
+}
+
+ShmSlot* ShmAllReduce::find_slot(std::uint32_t peer, const RingOp& op) {
+  if (!segments_[peer]) {
+    auto segment = std::make_unique<ShmSegment>();
+    if (!segment->open(names_[peer])) return nullptr;  // that peer has not created it yet
+    segments_[peer] = std::move(segment);
+  }
+  ShmHeader& header = segments_[peer]->header();
+  for (ShmSlot& slot : header.slot) {
+    if (slot.in_use.load(std::memory_order_acquire) == 1 &&
+        slot.tag.load(std::memory_order_relaxed) == op.spec().tag &&
+        slot.sequence.load(std::memory_order_relaxed) == op.sequence()) {
+      return &slot;
+    }
+  }
+  return nullptr;
+}
+
+// True when every other peer's slot for `op` is there and `ready`; checks that they agree on it.
+bool ShmAllReduce::every_peer(RingOp& op, bool (*ready)(const ShmSlot&, std::uint64_t), std::uint64_t value) {
+  for (std::uint32_t peer = 0; peer < world_; ++peer) {
+    if (peer == rank_) continue;
+    const ShmSlot* slot = find_slot(peer, op);
+    if (slot == nullptr) return false;
+    const std::uint64_t count = slot->count.load(std::memory_order_relaxed);
+    const std::uint64_t kind = slot->kind.load(std::memory_order_relaxed);
+    PYCOMM_ENFORCE_TYPE(ProtocolError, count == op.spec().count && kind == kind_of(op.spec()),
+                        "peers disagree about an operation: rank ", rank_, " runs ", op.spec().describe(),
+                        " while rank ", peer, " runs it on ", count, " elements of kind ", kind);
+    if (!ready(*slot, value)) return false;
+  }
+  return true;
+}
+
+bool ShmAllReduce::advance(RingOp& op) {
+  const OpSpec& spec = op.spec();
+  const std::size_t item = dtype_size(spec.dtype);
+  const std::uint64_t piece = piece_elements(op);
+  bool progress = false;
+  while (true) {
+    switch (op.shm_stage_) {
+      case kClaim: {
+        if (!segments_[rank_]) {
+          auto own = std::make_unique<ShmSegment>();
+          own->create(names_[rank_]);
+          segments_[rank_] = std::move(own);
+        }
+        ShmHeader& header = segments_[rank_]->header();
+        std::uint32_t free_slot = kShmSlots;
+        for (std::uint32_t i = 0; i < kShmSlots; ++i) {
+          if (header.slot[i].in_use.load(std::memory_order_acquire) == 0) {
+            free_slot = i;
+            break;
+          }
+        }
+        if (free_slot == kShmSlots) return progress;  // every slot busy: wait for one
+        ShmSlot& slot = header.slot[free_slot];
+        slot.tag.store(spec.tag, std::memory_order_relaxed);
+        slot.sequence.store(op.sequence(), std::memory_order_relaxed);
+        slot.count.store(spec.count, std::memory_order_relaxed);
+        slot.kind.store(kind_of(spec), std::memory_order_relaxed);
+        slot.inputs.store(0, std::memory_order_relaxed);
+        slot.reduced.store(0, std::memory_order_relaxed);
+        slot.consumed.store(0, std::memory_order_relaxed);
+        slot.in_use.store(1, std::memory_order_release);
+        op.shm_slot_ = free_slot;
+        op.shm_rounds_ = std::max<std::uint64_t>(1, (spec.count + piece - 1) / piece);
+        op.shm_stage_ = kInput;
+        progress = true;
+        break;
+      }
+      case kInput: {
+        ShmSlot& slot = segments_[rank_]->header().slot[op.shm_slot_];
+        const std::uint64_t first = op.shm_round_ * piece;
+        const std::uint64_t length = std::min(piece, spec.count - std::min(first, spec.count));
+        if (length != 0) {
+          std::memcpy(segments_[rank_]->buffer(op.shm_slot_), static_cast<const unsigned char*>(op.input_) + first * item,
+                      length * item);
+        }
+        slot.inputs.store(op.shm_round_ + 1, std::memory_order_release);
+        op.shm_stage_ = kReduce;
+        progress = true;
+        break;
+      }
+      case kReduce: {
+        // Every input of this round is there, and every peer copied out this peer's last chunk.
+        if (!every_peer(op, has_inputs, op.shm_round_ + 1)) return progress;
+        if (!every_peer(op, has_consumed, op.shm_round_)) return progress;
+        const std::uint64_t first = op.shm_round_ * piece;
+        const std::uint64_t length = std::min(piece, spec.count - std::min(first, spec.count));
+        const ChunkLayout chunks{length, world_, 1};
+        const std::uint64_t begin = chunks.chunk_begin(rank_);
+        const std::uint64_t elements = chunks.chunk_length(rank_);
+        if (elements != 0) {
+          std::vector<const void*> inputs(world_);
+          for (std::uint32_t peer = 0; peer < world_; ++peer) {
+            const std::uint32_t slot = peer == rank_ ? op.shm_slot_ : static_cast<std::uint32_t>(find_slot(peer, op) - segments_[peer]->header().slot);
+            inputs[peer] = segments_[peer]->buffer(slot) + begin * item;
+          }
+          kernels::reduce(segments_[rank_]->buffer(op.shm_slot_) + output_offset(op), inputs.data(), world_, elements,
+                          spec.dtype, spec.op);
+        }
+        segments_[rank_]->header().slot[op.shm_slot_].reduced.store(op.shm_round_ + 1, std::memory_order_release);
+        op.shm_stage_ = kCopyOut;
+        progress = true;
+        break;
+      }
+      case kCopyOut: {
+        if (!every_peer(op, has_reduced, op.shm_round_ + 1)) return progress;
+        const std::uint64_t first = op.shm_round_ * piece;
+        const std::uint64_t length = std::min(piece, spec.count - std::min(first, spec.count));
+        const ChunkLayout chunks{length, world_, 1};
+        for (std::uint32_t peer = 0; peer < world_; ++peer) {
+          const std::uint64_t elements = chunks.chunk_length(peer);
+          if (elements == 0) continue;
+          const std::uint32_t slot = peer == rank_ ? op.shm_slot_ : static_cast<std::uint32_t>(find_slot(peer, op) - segments_[peer]->header().slot);
+          std::memcpy(op.result_.data() + (first + chunks.chunk_begin(peer)) * item,
+                      segments_[peer]->buffer(slot) + output_offset(op), elements * item);
+        }
+        segments_[rank_]->header().slot[op.shm_slot_].consumed.store(op.shm_round_ + 1, std::memory_order_release);
+        op.shm_round_++;
+        if (op.shm_round_ < op.shm_rounds_) {
+          op.shm_stage_ = kInput;
+        } else {
+          op.mark_has_result();
+          op.shm_stage_ = kFinish;
+        }
+        progress = true;
+        break;
+      }
+      case kFinish: {
+        // Every peer copied every round out (a peer whose slot is gone did: it frees its slot
+        // only once every peer did).
+        for (std::uint32_t peer = 0; peer < world_; ++peer) {
+          if (peer == rank_) continue;
+          const ShmSlot* slot = find_slot(peer, op);
+          if (slot != nullptr && !has_consumed(*slot, op.shm_rounds_)) return progress;
+        }
+        segments_[rank_]->header().slot[op.shm_slot_].in_use.store(0, std::memory_order_release);
+        op.shm_stage_ = kDone;
+        return true;
+      }
+      default:
+        return progress;
+    }
+  }
+}
+
+}  // namespace pycomm::ft

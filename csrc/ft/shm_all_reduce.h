@@ -1,0 +1,49 @@
+// All-reduce through shared memory, for an epoch whose peers all run on one machine.
+//
+// The data is cut into rounds that fit a slot buffer. In each round every peer (1) copies its
+// piece of input into its own slot, (2) once every peer's piece is there, reduces its own chunk
+// of the piece over all peers' inputs in rank order (one pass, float32 accumulation for 16-bit
+// floats, as the kernels do) into its slot's output area, and (3) once every chunk is reduced,
+// copies all chunks into the operation's result. Each chunk is reduced once, by one peer, and
+// everyone copies the same bytes: identical results everywhere. A peer finishes only when every
+// peer copied every round (the same barrier as the ring engine's), then frees its slot.
+//
+// Nothing here blocks: advance() moves an operation as far as it can and the ring engine's loop
+// calls it again; failures (a peer that dies, stalls or disagrees) end the epoch as they do for
+// the ring (the TCP links and the master still detect them).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ft/ring_op.h"
+#include "ft/shm_segment.h"
+
+namespace pycomm::ft {
+
+class ShmAllReduce {
+ public:
+  // `names`: every rank's segment name for this epoch; this peer creates names[rank].
+  ShmAllReduce(std::vector<std::string> names, std::uint32_t rank);
+
+  // Moves `op` on; returns true if it made progress. Throws ProtocolError when peers disagree.
+  bool advance(RingOp& op);
+  bool finished(const RingOp& op) const { return op.shm_stage_ == kDone; }
+
+ private:
+  static constexpr int kClaim = 0, kInput = 1, kReduce = 2, kCopyOut = 3, kFinish = 4, kDone = 5;
+
+  ShmSlot* find_slot(std::uint32_t peer, const RingOp& op);
+  bool every_peer(RingOp& op, bool (*ready)(const ShmSlot&, std::uint64_t), std::uint64_t value);
+  std::uint64_t piece_elements(const RingOp& op) const;
+  std::size_t output_offset(const RingOp& op) const;
+
+  std::vector<std::string> names_;
+  std::uint32_t rank_;
+  std::uint32_t world_;
+  std::vector<std::unique_ptr<ShmSegment>> segments_;  // opened lazily; [rank_] is this peer's
+};
+
+}  // namespace pycomm::ft
