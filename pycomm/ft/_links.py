@@ -8,6 +8,7 @@ descriptors, to the C++ ring engine of that epoch; fetch links serve shared-stat
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -60,6 +61,9 @@ class DataListener:
 
     def close(self) -> None:
         self._closing.set()
+        # shutdown() wakes the accept thread at once (close() alone leaves it in accept()).
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
         self._socket.close()
         with self._arrived:
             for sock in self._ring_links.values():

@@ -177,6 +177,9 @@ class Master:
         if self._closing.is_set():
             return
         self._closing.set()
+        # shutdown() wakes the accept thread at once (close() alone leaves it in accept()).
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             sessions = list(self._sessions.values())
