@@ -48,6 +48,7 @@ class DataListener:
         self._socket.settimeout(0.2)
         self.port = self._socket.getsockname()[1]
         self._ring_links: dict[tuple[int, str], socket.socket] = {}
+        self._fetch_channels: set[Channel] = set()
         self._arrived = threading.Condition()
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -69,6 +70,9 @@ class DataListener:
             for sock in self._ring_links.values():
                 sock.close()
             self._ring_links.clear()
+            # A fetch server waiting for its peer's next request ends now, not at its timeout.
+            for channel in self._fetch_channels:
+                channel.close()
             self._arrived.notify_all()
         for thread in list(self._threads):
             thread.join(timeout=10)
@@ -108,9 +112,16 @@ class DataListener:
             channel.close()
             return
         if kind == "fetch":
+            with self._arrived:
+                if self._closing.is_set():
+                    channel.close()
+                    return
+                self._fetch_channels.add(channel)
             try:
                 self._serve_fetch(channel)
             finally:
+                with self._arrived:
+                    self._fetch_channels.discard(channel)
                 channel.close()
             return
         sock.settimeout(None)
