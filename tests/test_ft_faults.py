@@ -254,3 +254,34 @@ def test_every_survivor_hears_of_a_failure_once_even_between_operations() -> Non
             return x
 
         assert all(np.all(x == 3) for x in on_all(comms, next_operations))
+
+
+def test_a_member_missing_after_a_master_restart_is_evicted_when_the_epoch_fails() -> None:
+    master = Master(heartbeat_timeout=HEARTBEAT_TIMEOUT, recovery_timeout=1.0, rejoin_grace=5.0)
+    port = master.port
+    comms = [Communicator(master.address, timeout=30, reconnect_timeout=20) for _ in range(3)]
+    try:
+        comms[0].connect(timeout=10)
+        admit_all(comms[:1], comms[1:])
+        master.close()
+        comms[2].close()  # gone while the master is down: it never re-registers
+        master = Master(
+            port=port, heartbeat_timeout=HEARTBEAT_TIMEOUT, recovery_timeout=1.0, rejoin_grace=5.0
+        )
+
+        def survive(comm):
+            while True:
+                x = np.ones(10)
+                try:
+                    comm.all_reduce(x)
+                except Aborted:
+                    continue
+                return comm.world_size, x
+
+        for world, x in on_all(comms[:2], survive, timeout=30):
+            assert world == 2 and np.all(x == 2)
+        assert not any(text.startswith("monitor:") for _, text in master.events)
+    finally:
+        for comm in comms:
+            comm.close()
+        master.close()

@@ -285,3 +285,21 @@ def test_a_frame_header_of_the_wrong_size_is_an_argument_error() -> None:
         _ft.decode_data_header(b"short")
     with pytest.raises(InvalidArgumentError):
         _transport.decode_header(b"short")
+
+
+def test_a_flood_of_empty_frames_for_unstarted_operations_is_bounded_too() -> None:
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    engine = _ft.RingEngine(a.detach(), d.detach(), 0, 2, max_early_bytes=64 * 1024)
+    tokens = b"".join(
+        _ft.encode_data_header(4, "all_reduce", "float32", "sum", 0, 1, tag, 0, 10, 0, 0)
+        for tag in range(10_000)
+    )
+    with contextlib.suppress(OSError):  # the engine hangs up once the limit is passed
+        c.sendall(tokens)
+    op = engine.submit("all_reduce", np.ones(10, np.float32), "float32", "sum", 10, 0, 1 << 40)
+    assert op.wait(10) == "failed"
+    assert "has not started" in engine.failure
+    engine.abort("done")
+    b.close()
+    c.close()

@@ -4,13 +4,23 @@ shared-state hash checked must end with zero mismatches, no crashed peer and no 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from pycomm.ft.stress import StressConfig, run_stress
 
 
+def _segments() -> set:
+    return (
+        {name for name in os.listdir("/dev/shm") if name.startswith("pycomm-")}
+        if os.path.isdir("/dev/shm")
+        else set()
+    )
+
+
 def test_pycomm_stress_for_a_minute_with_churn_passes(tmp_path) -> None:
+    segments_before = _segments()
     summary_path = tmp_path / "stress.json"
     completed = subprocess.run(
         [
@@ -40,6 +50,7 @@ def test_pycomm_stress_for_a_minute_with_churn_passes(tmp_path) -> None:
     assert summary["aborts"] >= 1 and summary["evictions"] >= 1
     assert summary["revisions"] > 100 and summary["epochs"] > 5
     assert "PASSED" in completed.stdout
+    assert _segments() - segments_before == set()  # killed peers' shared memory is removed too
 
 
 def test_the_stress_checks_catch_a_wrong_result() -> None:

@@ -38,6 +38,10 @@ struct RingEngine::EarlyFrame {
 
 namespace {
 
+// What an early frame costs besides its payload (its header and bookkeeping): charged against
+// max_early_bytes too, so a flood of empty frames is bounded like a flood of data.
+constexpr std::uint64_t kEarlyFrameOverhead = kDataHeaderBytes + 128;
+
 std::uint32_t ring_index(std::int64_t value, std::uint32_t world) {
   const auto n = static_cast<std::int64_t>(world);
   return static_cast<std::uint32_t>(((value % n) + n) % n);
@@ -103,6 +107,7 @@ RingEngine::RingEngine(transport::Socket to_next, transport::Socket from_prev, s
     shared_memory_ = std::make_unique<ShmAllReduce>(options_.shared_memory_names, rank);
   }
   thread_ = std::thread([this] { run(); });
+  engine_thread_ = thread_.get_id();
 }
 
 RingEngine::~RingEngine() {
@@ -119,6 +124,14 @@ std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input
     PYCOMM_ENFORCE(state.submitted == state.completed, "an operation with tag ", spec.tag,
                    " is already in flight; concurrent operations need different tags");
     const bool shared = shared_memory_ != nullptr && spec.collective == Collective::all_reduce;
+    if (shared) {
+      // Each peer has kShmSlots slots; more operations in flight, issued in different orders on
+      // different peers, could each hold slots the others wait for.
+      PYCOMM_ENFORCE_TYPE(NotSupported, shared_memory_in_flight_ < kShmSlots, "at most ", kShmSlots,
+                          " shared-memory all-reduces may be in flight at once on a peer; wait for one "
+                          "first, or create the Communicator with shared_memory=False");
+      shared_memory_in_flight_++;
+    }
     op = std::make_shared<RingOp>(spec, state.submitted++, rank_, world_, options_.segment_bytes, input, shared);
     latest_[spec.tag] = op;
     if (stopping_) {
@@ -162,7 +175,7 @@ void RingEngine::abort(const std::string& reason) {
     }
   }
   wake();
-  if (thread_.get_id() == std::this_thread::get_id()) return;
+  if (engine_thread_ == std::this_thread::get_id()) return;
   // Several threads may abort at once (the caller's deadline, the control plane, close()).
   std::lock_guard<std::mutex> lock(join_mutex_);
   if (thread_.joinable()) thread_.join();
@@ -349,7 +362,7 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
     std::vector<EarlyFrame> frames = std::move(early->second);
     early_.erase(early);
     for (EarlyFrame& frame : frames) {
-      early_bytes_ -= frame.payload.size();
+      early_bytes_ -= frame.payload.size() + kEarlyFrameOverhead;
       replay(frame);
     }
   }
@@ -370,7 +383,7 @@ void RingEngine::stash_early(EarlyFrame frame) {
     replay(frame);
     return;
   }
-  early_bytes_ += frame.payload.size();
+  early_bytes_ += frame.payload.size() + kEarlyFrameOverhead;
   early_[{frame.header.spec.tag, frame.header.sequence}].push_back(std::move(frame));
 }
 
@@ -407,7 +420,8 @@ unsigned char* RingEngine::place(Incoming& in) {
     const std::uint64_t started_count = started == started_.end() ? 0 : started->second;
     PYCOMM_ENFORCE_TYPE(ProtocolError, h.sequence >= started_count, "rank ", prev, " sent a frame for ",
                         h.spec.describe(), " #", h.sequence, ", which already finished on rank ", rank_);
-    PYCOMM_ENFORCE_TYPE(ProtocolError, early_bytes_ + h.length <= options_.max_early_bytes, "rank ", prev,
+    PYCOMM_ENFORCE_TYPE(ProtocolError, early_bytes_ + h.length + kEarlyFrameOverhead <= options_.max_early_bytes,
+                        "rank ", prev,
                         " sent more than ", options_.max_early_bytes, " bytes for operations rank ", rank_,
                         " has not started (the first is ", h.spec.describe(), ")");
     in.op = nullptr;
@@ -567,6 +581,10 @@ bool RingEngine::advance_shared_memory() {
     progress |= shared_memory_->advance(*op);
     if (shared_memory_->finished(*op)) {
       shared_memory_ops_.erase(shared_memory_ops_.begin() + static_cast<std::ptrdiff_t>(i));
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        shared_memory_in_flight_--;
+      }
       complete_op(op);
     } else {
       ++i;

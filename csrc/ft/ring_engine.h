@@ -125,6 +125,7 @@ class RingEngine {
   std::vector<std::shared_ptr<RingOp>> submitted_;  // waiting for the loop to start them
   std::map<std::uint64_t, TagState> tags_;
   std::map<std::uint64_t, std::shared_ptr<RingOp>> latest_;  // per tag, its last operation
+  std::uint32_t shared_memory_in_flight_ = 0;
   bool stopping_ = false;
   std::string failure_;
 
@@ -147,6 +148,7 @@ class RingEngine {
   std::atomic<std::uint64_t> bytes_received_{0};
   std::mutex join_mutex_;  // serialises joining thread_
   std::thread thread_;
+  std::thread::id engine_thread_;  // thread_'s id, read without touching thread_
 };
 
 }  // namespace pycomm::ft

@@ -744,6 +744,10 @@ class Communicator:
             with contextlib.suppress(OSError):
                 os.unlink("/dev/shm" + _segment_name(departed, old_epoch))
         with self._lock:
+            if self._closing.is_set():  # closed while the ring was being built
+                if engine is not None:
+                    engine.abort("the communicator was closed")
+                return
             self._decisions[old_epoch] = kept
             for old in [e for e in self._decisions if e < old_epoch - 16]:
                 del self._decisions[old]

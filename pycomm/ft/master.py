@@ -241,24 +241,35 @@ class Master:
 
     def _monitor_loop(self) -> None:
         while not self._closing.wait(0.05):
-            now = time.monotonic()
-            with self._lock:
-                for session in list(self._sessions.values()):
-                    if session.alive and now - session.last_seen > self.heartbeat_timeout:
-                        self._drop(session, f"no heartbeat for {now - session.last_seen:.1f} s")
-                for group_id, group in self._groups.items():
-                    if group.recovery is not None and now > group.recovery.deadline:
-                        for peer_id in group.member_ids():
-                            if peer_id not in group.recovery.reports:
-                                self._drop(self._sessions[peer_id], "it did not report after the epoch ended")
-                        self._try_finish_recovery(group_id)
-                    if group.rejoin_deadline is not None and now > group.rejoin_deadline:
-                        group.rejoin_deadline = None
-                        missing = [p for p in group.member_ids() if p not in self._sessions]
-                        if missing:
-                            self._remove_members(
-                                group_id, missing, f"{len(missing)} member(s) did not re-register"
-                            )
+            try:
+                self._check_deadlines(time.monotonic())
+            except Exception as error:  # the monitor must outlive any one mistake
+                self._log(f"monitor: {type(error).__name__}: {error}")
+
+    def _check_deadlines(self, now: float) -> None:
+        with self._lock:
+            for session in list(self._sessions.values()):
+                if session.alive and now - session.last_seen > self.heartbeat_timeout:
+                    self._drop(session, f"no heartbeat for {now - session.last_seen:.1f} s")
+            for group_id, group in list(self._groups.items()):
+                if group.recovery is not None and now > group.recovery.deadline:
+                    silent = [p for p in group.member_ids() if p not in group.recovery.reports]
+                    for peer_id in silent:
+                        session = self._sessions.get(peer_id)
+                        if session is not None:
+                            self._drop(session, "it did not report after the epoch ended")
+                    # Members without a session (not re-registered with a restarted master) go too.
+                    gone = [p for p in silent if p in group.member_ids()]
+                    if gone:
+                        self._remove_members(group_id, gone, "did not report after the epoch ended")
+                    self._try_finish_recovery(group_id)
+                if group.rejoin_deadline is not None and now > group.rejoin_deadline:
+                    group.rejoin_deadline = None
+                    missing = [p for p in group.member_ids() if p not in self._sessions]
+                    if missing:
+                        self._remove_members(
+                            group_id, missing, f"{len(missing)} member(s) did not re-register"
+                        )
 
     # -- handshake ----------------------------------------------------------------------------
 

@@ -115,7 +115,15 @@ def _parse_summary(raw: bytes, rank: int) -> dict:
     field(summary, "synced", bool)
     arrays = field(summary, "arrays", list)
     for entry in arrays:
-        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 4
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], str)
+            and isinstance(entry[2], list)
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in entry[2])
+            and isinstance(entry[3], str)
+        ):
             raise ProtocolError(f"rank {rank} sent a bad array entry")
     return summary
 
@@ -265,6 +273,10 @@ def synchronize(comm: Any, state: SharedState, strategy: str = "enforce_popular"
             comm._last_synced_revision = state.revision
             return SyncInfo(state.revision, 0, (), time.perf_counter() - started, comm.epoch)
         longest = int(digests[:, 0].max())
+        if longest > MAX_SUMMARY_BYTES:  # every member sees the same digests and refuses alike
+            raise ProtocolError(
+                f"a member announced a {longest}-byte shared-state summary; the limit is {MAX_SUMMARY_BYTES}"
+            )
         padded = np.zeros(longest, np.uint8)
         padded[: len(summary)] = np.frombuffer(summary, np.uint8)
         gathered = comm.all_gather_async(padded, tag=TAG_SUMMARY, internal=True).wait()

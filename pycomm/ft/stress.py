@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import random
@@ -287,6 +288,11 @@ class StressRun:
                 peer.process.wait(timeout=10)
             peer.reader.join(timeout=5)
             peer.process.stdout.close()
+            # A killed peer cannot remove its shared-memory segments, and no survivor is left to.
+            for peer_id in peer.peer_ids:
+                for path in glob.glob(f"/dev/shm/pycomm-{peer_id}-*"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
             if keep_stderr or peer.reported:
                 tails[peer.index] = peer.stderr_tail()
         return tails
