@@ -21,6 +21,17 @@ from pycomm.testing.ft import admit_all, local_group, on_all
 HEARTBEAT_TIMEOUT = 1.0
 
 
+def _all_reduce_until_it_succeeds(comm: Communicator) -> tuple[int, np.ndarray]:
+    """Retries an all-reduce of ones until one runs; returns (group size, result)."""
+    while True:
+        x = np.ones(10)
+        try:
+            comm.all_reduce(x)
+        except Aborted:
+            continue
+        return comm.world_size, x
+
+
 def _join(address: str, world: int) -> Communicator:
     comm = Communicator(address, timeout=30)
     comm.connect(timeout=30)
@@ -156,16 +167,7 @@ def test_a_restarted_master_does_not_end_the_run() -> None:
         # The restarted master still handles membership: a leaving peer ends the epoch cleanly.
         comms[2].close()
 
-        def after_leave(comm):
-            while True:
-                x = np.ones(10)
-                try:
-                    comm.all_reduce(x)
-                except Aborted:
-                    continue
-                return comm.world_size, x
-
-        for world, x in on_all(comms[:2], after_leave):
+        for world, x in on_all(comms[:2], _all_reduce_until_it_succeeds):
             assert world == 2 and np.all(x == 2)
     finally:
         for comm in comms:
@@ -269,16 +271,7 @@ def test_a_member_missing_after_a_master_restart_is_evicted_when_the_epoch_fails
             port=port, heartbeat_timeout=HEARTBEAT_TIMEOUT, recovery_timeout=1.0, rejoin_grace=5.0
         )
 
-        def survive(comm):
-            while True:
-                x = np.ones(10)
-                try:
-                    comm.all_reduce(x)
-                except Aborted:
-                    continue
-                return comm.world_size, x
-
-        for world, x in on_all(comms[:2], survive, timeout=30):
+        for world, x in on_all(comms[:2], _all_reduce_until_it_succeeds, timeout=30):
             assert world == 2 and np.all(x == 2)
         assert not any(text.startswith("monitor:") for _, text in master.events)
     finally:
