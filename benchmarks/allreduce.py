@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import glob
 import importlib.util
 import json
 import math
@@ -868,15 +869,23 @@ def fault_peer(control: str, master: str, min_world: int, elements: int) -> None
 
     link = _PeerLink(control)
 
+    peer_ids: list[str] = []
+
     def watch_driver() -> None:
-        # Leave as soon as the driver ends or goes away (its connection closes).
+        # Leave as soon as the driver ends or goes away (its connection closes). os._exit skips
+        # close(), so this peer's shared-memory segments are removed here.
         while True:
             command = link.receive()
             if command is None or command.get("op") == "exit":
+                for peer_id in peer_ids:
+                    for path in glob.glob(f"/dev/shm/pycomm-*-{peer_id}-*"):
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
                 os._exit(0)
 
     threading.Thread(target=watch_driver, name="pycomm-bench-watch", daemon=True).start()
     comm = Communicator(master, timeout=_FAULT_TIMEOUT)
+    peer_ids.append(comm.peer_id)
     started = time.monotonic()
     comm.connect(timeout=_FAULT_TIMEOUT)
     link.send(
@@ -1007,6 +1016,12 @@ class _FaultRun:
                         with contextlib.suppress(OSError):
                             peer.connection.send({"op": "exit"})
                 self.driver.close()
+        # The cluster's exit killed the last peers: their shared-memory segments are removed here.
+        for peer in self.peers:
+            if peer.peer_id:
+                for path in glob.glob(f"/dev/shm/pycomm-*-{peer.peer_id}-*"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
         master_settings = {
             "heartbeat_timeout_s": master.heartbeat_timeout,
             "recovery_timeout_s": master.recovery_timeout,

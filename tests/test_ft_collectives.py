@@ -296,18 +296,25 @@ def test_shared_memory_segments_are_removed_and_large_operations_span_rounds() -
 
         for x in on_all(comms, run):
             assert np.array_equal(x, np.arange(3_000_001, dtype=np.float64) * 6)
-        assert len({s for s in segments() - before if s.split("-")[1] in ids}) == 3
+        assert len({s for s in segments() - before if s.split("-")[2] in ids}) == 3
     assert segments() - before == set()
 
 
 def test_more_shared_memory_operations_in_flight_than_slots_is_a_clear_error() -> None:
+    import threading
+
+    first_checked = threading.Event()
     with local_group(2) as (_, comms):
 
         def run(comm):
+            if comm.rank == 1:
+                first_checked.wait(10)  # rank 0's operations cannot finish before this
             arrays = [np.ones(100) for _ in range(9)]
             works = [comm.all_reduce_async(arrays[tag], tag=tag) for tag in range(8)]
-            with pytest.raises(NotSupportedError, match="at most 8 shared-memory all-reduces"):
-                comm.all_reduce_async(arrays[8], tag=8)
+            if comm.rank == 0:
+                with pytest.raises(NotSupportedError, match="at most 8 shared-memory all-reduces"):
+                    comm.all_reduce_async(arrays[8], tag=8)
+                first_checked.set()
             for work in works:
                 work.wait()
             comm.all_reduce(arrays[8], tag=8)  # fine once the others are done

@@ -116,3 +116,28 @@ def test_repeated_failures_leak_no_descriptor_or_thread() -> None:
         assert _open_descriptors() <= fds
         assert threading.active_count() <= threads + 1  # a link thread may still be finishing
         assert master.group_state()["epoch"] >= 6
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
+def test_segments_of_dead_processes_are_swept_at_connect() -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)  # a process that has exited
+    stale = f"/dev/shm/pycomm-{pid}-{'a' * 32}-3"
+    alive = f"/dev/shm/pycomm-{os.getpid()}-{'b' * 32}-3"
+    for path in (stale, alive):
+        with open(path, "wb") as handle:
+            handle.write(b"x")
+    try:
+        with local_group(1):
+            pass
+        assert not os.path.exists(stale)
+        assert os.path.exists(alive)  # this process still runs: its segments are its own business
+    finally:
+        for path in (stale, alive):
+            if os.path.exists(path):
+                os.unlink(path)

@@ -115,8 +115,32 @@ def node_identity() -> str:
     return f"{boot}:{shm.st_dev}:{shm.st_ino}"
 
 
-def _segment_name(peer_id: str, epoch: int) -> str:
-    return f"/pycomm-{peer_id}-{epoch}"
+def _segment_name(entry: dict, epoch: int) -> str:
+    """A member's shared-memory segment in `epoch`, named after its process id so that segments of
+    processes that died can be found (see remove_stale_segments)."""
+    return f"/pycomm-{entry.get('pid', 0)}-{entry['id']}-{epoch}"
+
+
+def remove_stale_segments() -> int:
+    """Removes /dev/shm segments of pycomm processes that no longer run (killed peers whose group
+    ended with them); returns how many. Segments of live processes are left alone."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/dev/shm"):
+            parts = name.split("-")
+            if parts[0] != "pycomm" or len(parts) != 4 or not parts[1].isdigit() or int(parts[1]) == 0:
+                continue
+            try:
+                os.kill(int(parts[1]), 0)
+                continue  # alive (or a process of another user): not ours to remove
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join("/dev/shm", name))
+                removed += 1
+    return removed
 
 
 def _user_tag(tag: Any, internal: bool = False) -> int:
@@ -291,6 +315,8 @@ class Communicator:
         """Registers with the master and returns once this peer is a member of the group."""
         if self._channel is not None:
             raise InvalidArgumentError("connect() was already called")
+        if self._node:
+            remove_stale_segments()
         self._listener = DataListener(
             self._host, self.peer_id, self.peer_group, self._secret, self._serve_fetch
         )
@@ -614,6 +640,7 @@ class Communicator:
                 "port": self._listener.port,
                 "nonce": nonce,
                 "node": self._node,
+                "pid": os.getpid(),
                 "mac": sign(
                     self._secret, field(challenge, "nonce", str), "hello", self.peer_id, self.peer_group
                 ),
@@ -709,13 +736,14 @@ class Communicator:
         for entry in members:
             if not isinstance(entry, dict):
                 raise ProtocolError("a member entry must be an object")
-            node = entry.get("node", "")
+            node, pid = entry.get("node", ""), entry.get("pid", 0)
             entries.append(
                 {
                     "id": field(entry, "id", str),
                     "host": field(entry, "host", str),
                     "port": field(entry, "port", int),
                     "node": node if isinstance(node, str) else "",
+                    "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
                 }
             )
         kept = set()
@@ -740,9 +768,10 @@ class Communicator:
         except (CommError, OSError) as error:
             failure = f"could not form the ring of epoch {epoch}: {error}"
         # Segments of peers that left without cleaning up (killed) would stay in /dev/shm.
-        for departed in {entry["id"] for entry in self._members} - set(ids):
-            with contextlib.suppress(OSError):
-                os.unlink("/dev/shm" + _segment_name(departed, old_epoch))
+        for entry in self._members:
+            if entry["id"] not in ids:
+                with contextlib.suppress(OSError):
+                    os.unlink("/dev/shm" + _segment_name(entry, old_epoch))
         with self._lock:
             if self._closing.is_set():  # closed while the ring was being built
                 if engine is not None:
@@ -796,7 +825,7 @@ class Communicator:
         """Segment names for the shared-memory all-reduce when every member runs beside this one."""
         if not self._node or any(entry.get("node") != self._node for entry in members):
             return []
-        return [_segment_name(entry["id"], epoch) for entry in members]
+        return [_segment_name(entry, epoch) for entry in members]
 
     def _mark_evicted(self, reason: str) -> None:
         with self._lock:

@@ -51,10 +51,17 @@ class _Session:
     data_port: int
     last_seen: float
     node: str = ""  # which machine (and shared-memory namespace) the peer runs on
+    pid: int = 0  # its process id there (names its shared-memory segments)
     alive: bool = True
 
     def member_entry(self) -> dict:
-        return {"id": self.peer_id, "host": self.data_host, "port": self.data_port, "node": self.node}
+        return {
+            "id": self.peer_id,
+            "host": self.data_host,
+            "port": self.data_port,
+            "node": self.node,
+            "pid": self.pid,
+        }
 
 
 @dataclasses.dataclass
@@ -296,6 +303,9 @@ class Master:
         node = hello.get("node", "")
         if not isinstance(node, str) or len(node) > 200:
             raise ProtocolError("HELLO field 'node' must be a string of at most 200 characters")
+        pid = hello.get("pid", 0)
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < 1 << 31:
+            raise ProtocolError("HELLO field 'pid' must be a process id")
         if not (
             0 < len(peer_id) <= 64
             and len(data_host) <= 255
@@ -309,7 +319,7 @@ class Master:
             channel.send(Message.REFUSE, {"reason": str(error), "auth": True})
             raise
         rejoin = hello.get("rejoin")
-        session = _Session(peer_id, group_id, channel, data_host, data_port, time.monotonic(), node)
+        session = _Session(peer_id, group_id, channel, data_host, data_port, time.monotonic(), node, pid)
         with self._lock:
             old = self._sessions.get(peer_id)
             if old is not None and old.alive:
@@ -361,12 +371,13 @@ class Master:
         port = field(entry, "port", int)
         if not 0 < port < 65536:
             raise ProtocolError("member port out of range")
-        node = entry.get("node", "")
+        node, pid = entry.get("node", ""), entry.get("pid", 0)
         return {
             "id": field(entry, "id", str),
             "host": field(entry, "host", str),
             "port": port,
             "node": node if isinstance(node, str) else "",
+            "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
         }
 
     # -- messages -----------------------------------------------------------------------------

@@ -290,7 +290,7 @@ class StressRun:
             peer.process.stdout.close()
             # A killed peer cannot remove its shared-memory segments, and no survivor is left to.
             for peer_id in peer.peer_ids:
-                for path in glob.glob(f"/dev/shm/pycomm-{peer_id}-*"):
+                for path in glob.glob(f"/dev/shm/pycomm-*-{peer_id}-*"):
                     with contextlib.suppress(OSError):
                         os.unlink(path)
             if keep_stderr or peer.reported:
