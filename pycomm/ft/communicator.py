@@ -782,7 +782,8 @@ class Communicator:
                 del self._decisions[old]
             self._epoch, self._members, self._rank, self._engine = epoch, entries, rank, engine
             self._admitted = admitted
-            if isinstance(body.get("failed"), int) and self._owes_abort is None:
+            # Only members of the failed epoch are owed the notice (not peers admitted now).
+            if isinstance(body.get("failed"), int) and old_epoch != 0 and self._owes_abort is None:
                 self._owes_abort = str(body.get("reason", "a peer failed"))[:200]
             self._reported_epoch = None
             self._lock.notify_all()
