@@ -26,33 +26,38 @@ its first completed, checked all-reduce (join); SIGSTOP of a peer until the mast
 ``group_state()`` no longer lists it (eviction), and until the survivors' first correct all-reduce
 after it (stall recovery). Peer timestamps are ``time.monotonic()``, one clock for every process on
 Linux.
+
+The peers' side (the backends and the functions the child processes run) is in
+:mod:`.allreduce_peer`, the fault measurements in :mod:`.allreduce_faults`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import faulthandler
-import glob
 import importlib.util
 import json
 import math
-import os
 import select
-import signal
 import socket
-import statistics
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from pycomm.errors import InvalidArgumentError, MissingDependencyError, NotSupportedError, PycommError
 
+from .allreduce_peer import (
+    _CLOSE_TIMEOUT,
+    _COMMAND_TIMEOUT,
+    _START_TIMEOUT,
+    expected_sum,
+    fault_peer,
+    peer_input,
+    throughput_peer,
+)
+from .allreduce_peer import PATTERN_PERIOD as PATTERN_PERIOD
 from .harness import Measurement, Settings
 from .units import format_size
 
@@ -101,17 +106,7 @@ QUICK_FAULT_TRIALS = 1
 FAULT_PEERS = 4
 FAULT_SIZE = 1 * MIB
 MAX_PEERS = 16
-
-# Inputs repeat with this (prime) period, so that no power-of-two chunking of the buffer lines up
-# with it: a chunk reduced at the wrong offset gives a wrong sum.
-PATTERN_PERIOD = 251
 _CALLS_LIMIT = 1_000_000
-# How long a group may take to start (processes importing torch on a crowded machine) and one
-# command to answer.
-_START_TIMEOUT = 180.0
-_COMMAND_TIMEOUT = 600.0
-_FAULT_TIMEOUT = 60.0
-_CLOSE_TIMEOUT = 10.0
 
 DEFINITIONS = {
     "size_bytes": "bytes of the float32 array each peer all-reduces (sum, in place)",
@@ -220,67 +215,7 @@ def bus_bytes(size: int, peers: int) -> float:
     return 2 * (peers - 1) * size / peers
 
 
-# -- the values every rank checks ---------------------------------------------------------------
-
-
-def _period(rank: int, salt: int) -> np.ndarray:
-    return ((np.arange(PATTERN_PERIOD, dtype=np.int64) * 3 + 13 * rank + 29 * salt) % PATTERN_PERIOD).astype(
-        np.float32
-    )
-
-
-def _tile(period: np.ndarray, count: int) -> np.ndarray:
-    return np.tile(period, -(-count // PATTERN_PERIOD))[:count]
-
-
-def peer_input(rank: int, count: int, salt: int = 0) -> np.ndarray:
-    """Rank ``rank``'s input: whole numbers in [0, 251), different on every rank and for every salt."""
-    return _tile(_period(rank, salt), count)
-
-
-def expected_sum(world: int, count: int, salt: int = 0) -> np.ndarray:
-    """The exact sum of ``peer_input`` over ranks 0..world-1 (float32 holds it: below 2**24)."""
-    total = np.zeros(PATTERN_PERIOD, np.float32)
-    for rank in range(world):
-        total += _period(rank, salt)
-    return _tile(total, count)
-
-
-def _check_sum(
-    all_reduce: Callable[[np.ndarray], Any], data: np.ndarray, rank: int, world: int, salt: int
-) -> int:
-    """Runs one all-reduce on the check input into ``data``; returns the number of wrong elements."""
-    np.copyto(data, peer_input(rank, data.size, salt))
-    all_reduce(data)
-    return int(np.count_nonzero(data != expected_sum(world, data.size, salt)))
-
-
-# -- control connections: JSON lines between this process and every peer --------------------------
-
-
-class _PeerLink:
-    """A peer's end of its control connection (blocking)."""
-
-    def __init__(self, address: str) -> None:
-        host, port = address.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=_START_TIMEOUT)
-        self.sock.settimeout(None)
-        self._reader = self.sock.makefile("rb")
-        self._lock = threading.Lock()
-
-    def send(self, message: dict[str, Any]) -> None:
-        with self._lock:
-            self.sock.sendall(json.dumps(message).encode() + b"\n")
-
-    def receive(self) -> dict[str, Any] | None:
-        """The next command; None once the driver closed the connection (it ended or died)."""
-        line = self._reader.readline()
-        return json.loads(line) if line else None
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._reader.close()
-            self.sock.close()
+# -- control connections: the driver's end (the peer's is in .allreduce_peer) ----------------------
 
 
 class _Connection:
@@ -352,177 +287,6 @@ class _Driver:
         for connection in self.connections:
             connection.close()
         self._server.close()
-
-
-# -- the peers' side: one backend per system -------------------------------------------------------
-
-
-class _Backend:
-    rank: int
-    world: int
-    version: str
-
-    def all_reduce(self, data: np.ndarray) -> Any:
-        raise NotImplementedError
-
-    def barrier(self) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class _PycommBackend(_Backend):
-    def __init__(self, peers: int, master: str) -> None:
-        import pycomm
-        from pycomm.ft import Communicator
-
-        self.comm = Communicator(master, timeout=_COMMAND_TIMEOUT)
-        self.comm.connect(timeout=_START_TIMEOUT)
-        # Admission is collective: the members admit newcomers until the group is complete. The first
-        # pending_peers() of a newly admitted peer answers False locally (its admitters are returning
-        # from update_topology()), so every peer runs the same loop.
-        while self.comm.world_size < peers:
-            if self.comm.pending_peers():
-                self.comm.update_topology()
-            else:
-                time.sleep(0.005)
-        self._token = np.zeros(1, np.float32)
-        self.rank, self.world, self.version = self.comm.rank, self.comm.world_size, pycomm.__version__
-
-    def all_reduce(self, data: np.ndarray) -> Any:
-        return self.comm.all_reduce(data)
-
-    def barrier(self) -> None:
-        self.comm.all_reduce(self._token)
-
-    def close(self) -> None:
-        self.comm.close()
-
-
-class _MpichBackend(_Backend):
-    def __init__(self) -> None:
-        import mpi4py
-        from mpi4py import MPI
-
-        self.mpi = MPI
-        self.comm = MPI.COMM_WORLD
-        self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
-        library = MPI.Get_library_version().strip().splitlines()[0]
-        self.version = f"{library}; mpi4py {mpi4py.__version__}"
-
-    def all_reduce(self, data: np.ndarray) -> Any:
-        self.comm.Allreduce(self.mpi.IN_PLACE, data)
-
-    def barrier(self) -> None:
-        self.comm.Barrier()
-
-
-class _GlooBackend(_Backend):
-    def __init__(self, peers: int, rank: int, port: int) -> None:
-        import datetime
-
-        import torch
-        import torch.distributed as dist
-
-        self.torch, self.dist = torch, dist
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=peers,
-            timeout=datetime.timedelta(seconds=_COMMAND_TIMEOUT),
-        )
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.version = f"torch {torch.__version__}"
-        self._array: np.ndarray | None = None
-        self._tensor: Any = None
-
-    def all_reduce(self, data: np.ndarray) -> Any:
-        # A tensor sharing the array's memory (torch.from_numpy), made once per array as a torch user
-        # would hold one: the sum lands in `data`, as with the other systems.
-        if data is not self._array:
-            self._array, self._tensor = data, self.torch.from_numpy(data)
-        self.dist.all_reduce(self._tensor)
-
-    def barrier(self) -> None:
-        self.dist.barrier()
-
-    def close(self) -> None:
-        self._array = self._tensor = None
-        self.dist.destroy_process_group()
-
-
-def _open_backend(system: str, peers: int, rank: int, options: dict[str, Any]) -> _Backend:
-    if system == "pycomm":
-        return _PycommBackend(peers, options["master"])
-    if system == "mpich":
-        return _MpichBackend()
-    if system == "gloo":
-        return _GlooBackend(peers, rank, options["port"])
-    raise InvalidArgumentError(f"unknown system {system!r}")
-
-
-def throughput_peer(system: str, control: str, peers: int, rank: int, options: dict[str, Any]) -> None:
-    """One peer of a throughput group (run in a child process): joins its system's group, then
-    serves the driver's commands until told to exit or the driver goes away."""
-    backend = _open_backend(system, peers, rank, options)
-    link = _PeerLink(control)
-    try:
-        link.send(
-            {
-                "system": system,
-                "rank": backend.rank,
-                "world": backend.world,
-                "pid": os.getpid(),
-                "version": backend.version,
-            }
-        )
-        data = np.zeros(0, np.float32)
-        while True:
-            command = link.receive()
-            if command is None:
-                break
-            if command["op"] == "exit":
-                # Leaving is timed too; a close() that hangs prints every thread's stack and ends the
-                # process, so the driver can report it instead of waiting for it.
-                faulthandler.dump_traceback_later(_CLOSE_TIMEOUT, exit=True)
-                start = time.perf_counter()
-                backend.close()
-                faulthandler.cancel_dump_traceback_later()
-                link.send({"closed_s": time.perf_counter() - start})
-                return
-            try:
-                reply, data = _serve(backend, command, data)
-            except Exception:
-                link.send({"error": traceback.format_exc()[-3000:]})
-                raise
-            link.send(reply)
-    finally:
-        link.close()
-    backend.close()
-
-
-def _serve(backend: _Backend, command: dict[str, Any], data: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    op = command["op"]
-    if op == "prepare":
-        # Two checked all-reduces with different inputs before any timing, then zeros to time on.
-        data = np.zeros(int(command["elements"]), np.float32)
-        wrong = [_check_sum(backend.all_reduce, data, backend.rank, backend.world, salt) for salt in (1, 2)]
-        data.fill(0)
-        return {"checks": 2, "wrong": wrong, "elements": data.size}, data
-    if op == "time":
-        calls = int(command["calls"])
-        backend.barrier()
-        start = time.perf_counter()
-        for _ in range(calls):
-            backend.all_reduce(data)
-        return {"seconds": time.perf_counter() - start}, data
-    if op == "check":
-        nonzero = int(np.count_nonzero(data))
-        wrong = _check_sum(backend.all_reduce, data, backend.rank, backend.world, 3)
-        return {"checks": 1, "wrong": [wrong], "nonzero_after_timing": nonzero}, np.zeros(0, np.float32)
-    raise InvalidArgumentError(f"unknown command {op!r}")
 
 
 # -- the driver's side: throughput -------------------------------------------------------------
@@ -857,345 +621,6 @@ def _stop_groups(
     return shutdown
 
 
-# -- the driver's side: faults ------------------------------------------------------------------
-
-
-def fault_peer(control: str, master: str, min_world: int, elements: int) -> None:
-    """A peer of the fault measurements (run in a child process): the training-like loop
-    ``if pending_peers(): update_topology(); all_reduce(x)`` with every result checked, reporting
-    the first completed all-reduce of each epoch to the driver."""
-    from pycomm.errors import Aborted
-    from pycomm.ft import Communicator
-
-    link = _PeerLink(control)
-
-    peer_ids: list[str] = []
-
-    def watch_driver() -> None:
-        # Leave as soon as the driver ends or goes away (its connection closes). os._exit skips
-        # close(), so this peer's shared-memory segments are removed here.
-        while True:
-            command = link.receive()
-            if command is None or command.get("op") == "exit":
-                for peer_id in peer_ids:
-                    for path in glob.glob(f"/dev/shm/pycomm-*-{peer_id}-*"):
-                        with contextlib.suppress(OSError):
-                            os.unlink(path)
-                os._exit(0)
-
-    threading.Thread(target=watch_driver, name="pycomm-bench-watch", daemon=True).start()
-    comm = Communicator(master, timeout=_FAULT_TIMEOUT)
-    peer_ids.append(comm.peer_id)
-    started = time.monotonic()
-    comm.connect(timeout=_FAULT_TIMEOUT)
-    link.send(
-        {
-            "system": "fault",
-            "peer_id": comm.peer_id,
-            "pid": os.getpid(),
-            "connect_start": started,
-            "connected": time.monotonic(),
-            "epoch": comm.epoch,
-            "world": comm.world_size,
-        }
-    )
-    data = np.empty(elements, np.float32)
-    inputs: dict[int, np.ndarray] = {}
-    sums: dict[int, np.ndarray] = {}
-    counts = {"ops": 0, "verified": 0, "unverified": 0, "aborts": 0, "mismatches": 0}
-    reported: set[int] = set()
-    formed = min_world <= 1
-    while True:
-        # Each operation that raises Aborted is retried by itself. The survivors agree on which
-        # operations finished, so retrying just the aborted one keeps every peer's sequence of
-        # collectives the same; starting the iteration over instead would let a peer whose
-        # all_reduce was aborted run pending_peers() while another, whose pending_peers() was kept,
-        # runs the all_reduce, and both would wait for each other until the operation's deadline.
-        while True:
-            try:
-                pending = comm.pending_peers()
-                break
-            except Aborted:
-                counts["aborts"] += 1
-        if pending:
-            comm.update_topology()
-        # Until the first group is complete its members only admit; the decision depends on the
-        # world size alone, so every member takes it alike.
-        formed = formed or comm.world_size >= min_world
-        if not formed:
-            time.sleep(0.005)
-            continue
-        while True:
-            # The input depends on the rank, which a new epoch may change: rebuilt for each try.
-            epoch, rank, world = comm.epoch, comm.rank, comm.world_size
-            if rank not in inputs:
-                inputs[rank] = peer_input(rank, elements)
-            np.copyto(data, inputs[rank])
-            try:
-                info = comm.all_reduce(data)
-                break
-            except Aborted:
-                counts["aborts"] += 1
-        done = time.monotonic()
-        counts["ops"] += 1
-        if (info.epoch, info.rank, info.world_size) != (epoch, rank, world):
-            # The epoch changed between reading the rank and submitting: the input used the old rank.
-            counts["unverified"] += 1
-            continue
-        if world not in sums:
-            sums[world] = expected_sum(world, elements)
-        correct = bool(np.array_equal(data, sums[world]))
-        counts["verified" if correct else "mismatches"] += 1
-        if not correct:
-            link.send(
-                {"mismatch": f"epoch {epoch} rank {rank} of {world}: wrong all-reduce result", **counts}
-            )
-        if epoch not in reported:
-            reported.add(epoch)
-            link.send({"first_op": epoch, "world": world, "rank": rank, "t": done, "ok": correct, **counts})
-
-
-@dataclass
-class _FaultPeer:
-    process: Any
-    connection: _Connection | None = None
-    first_ops: dict[int, dict[str, Any]] = field(default_factory=dict)
-    last: dict[str, Any] = field(default_factory=dict)
-    gone: bool = False
-
-    @property
-    def peer_id(self) -> str:
-        return self.connection.hello["peer_id"] if self.connection and self.connection.hello else ""
-
-
-def _summary(samples: Sequence[float]) -> dict[str, Any]:
-    return {
-        "samples_s": list(samples),
-        "median_s": statistics.median(samples),
-        "min_s": min(samples),
-        "max_s": max(samples),
-    }
-
-
-class _FaultRun:
-    """Four pycomm peers looping checked all-reduces; kills, stalls and newcomers, timed."""
-
-    def __init__(self, config: AllreduceConfig, progress: Callable[[str], None]) -> None:
-        self.config = config
-        self.progress = progress
-        self.peers: list[_FaultPeer] = []
-        self.problems: list[str] = []
-
-    def run(self) -> dict[str, Any]:
-        from pycomm.ft import Master
-        from pycomm.testing import LocalCluster
-
-        config = self.config
-        trials: list[dict[str, Any]] = []
-        with (
-            Master(heartbeat_timeout=config.heartbeat_timeout) as master,
-            LocalCluster(timeout=_START_TIMEOUT + 60.0 * config.fault_trials + 60.0) as cluster,
-        ):
-            self.master, self.cluster, self.driver = master, cluster, _Driver()
-            try:
-                self.progress(
-                    f"faults: starting {FAULT_PEERS} pycomm peers looping {format_size(config.fault_size)} "
-                    "all-reduces"
-                )
-                for _ in range(FAULT_PEERS):
-                    self._spawn(FAULT_PEERS)
-                self._wait_steady(0, "the first group of 4 to run")
-                for trial in range(config.fault_trials):
-                    trials.append(self._trial(trial))
-                counts = self._counts()
-            except BenchmarkFailed as error:
-                raise BenchmarkFailed(f"{error}\n{self._diagnosis()}") from None
-            finally:
-                for peer in self.peers:
-                    if peer.connection is not None:
-                        with contextlib.suppress(OSError):
-                            peer.connection.send({"op": "exit"})
-                self.driver.close()
-        # The cluster's exit killed the last peers: their shared-memory segments are removed here.
-        for peer in self.peers:
-            if peer.peer_id:
-                for path in glob.glob(f"/dev/shm/pycomm-*-{peer.peer_id}-*"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-        master_settings = {
-            "heartbeat_timeout_s": master.heartbeat_timeout,
-            "recovery_timeout_s": master.recovery_timeout,
-        }
-        return {
-            "peers": FAULT_PEERS,
-            "size_bytes": config.fault_size,
-            "trials": config.fault_trials,
-            "master": master_settings,
-            "recovery": _summary([t["recovery_s"] for t in trials]),
-            "join": _summary([s for t in trials for s in t["join_s"]]),
-            "eviction": _summary([t["eviction_s"] for t in trials]),
-            "stall_recovery": _summary([t["stall_recovery_s"] for t in trials]),
-            "per_trial": trials,
-            "ops": counts,
-        }
-
-    # -- the sequence of one trial ----------------------------------------------------------
-
-    def _trial(self, index: int) -> dict[str, Any]:
-        record: dict[str, Any] = {"trial": index, "join_s": [], "join_admitted_s": []}
-        # (a) SIGKILL one of 4.
-        victim = self._members()[1]
-        epoch = self.master.group_state()["epoch"]
-        killed_at = time.monotonic()
-        victim.process.send_signal(signal.SIGKILL)
-        victim.gone = True
-        firsts = self._wait_steady(epoch, "the survivors of a SIGKILL to run a correct all-reduce")
-        record["recovery_s"] = max(op["t"] for op in firsts.values()) - killed_at
-        record["recovery_survivors_s"] = sorted(op["t"] - killed_at for op in firsts.values())
-        record["recovery_epochs"] = [epoch, min(op["first_op"] for op in firsts.values())]
-        # (b) a newcomer joins the 3.
-        self._join(record)
-        # (c) SIGSTOP one of 4: eviction, then the survivors' recovery.
-        victim = self._members()[2]
-        epoch = self.master.group_state()["epoch"]
-        stopped_at = time.monotonic()
-        victim.process.stall()
-        deadline = stopped_at + _FAULT_TIMEOUT
-        while victim.peer_id in self.master.group_state()["members"]:
-            if time.monotonic() > deadline:
-                raise BenchmarkFailed(
-                    f"the master did not evict a SIGSTOPped peer within {_FAULT_TIMEOUT:g} s"
-                )
-            self._check()
-            self.driver.pump(0.001)
-            self._collect()
-        record["eviction_s"] = time.monotonic() - stopped_at
-        victim.gone = True
-        firsts = self._wait_steady(epoch, "the survivors of a SIGSTOP to run a correct all-reduce")
-        record["stall_recovery_s"] = max(op["t"] for op in firsts.values()) - stopped_at
-        victim.process.kill()
-        # Back to 4 for the next trial (another join sample).
-        self._join(record)
-        self.progress(
-            f"faults: trial {index + 1}: recovery {record['recovery_s'] * 1e3:.0f} ms, joins "
-            + ", ".join(f"{s * 1e3:.0f}" for s in record["join_s"])
-            + f" ms, eviction {record['eviction_s'] * 1e3:.0f} ms, stall recovery "
-            f"{record['stall_recovery_s'] * 1e3:.0f} ms"
-        )
-        return record
-
-    def _join(self, record: dict[str, Any]) -> None:
-        epoch = self.master.group_state()["epoch"]
-        newcomer = self._spawn(0)
-        self._wait_steady(epoch, "a newcomer to join and run a correct all-reduce")
-        hello = newcomer.connection.hello  # type: ignore[union-attr]
-        record["join_s"].append(newcomer.first_ops[min(newcomer.first_ops)]["t"] - hello["connect_start"])
-        record["join_admitted_s"].append(hello["connected"] - hello["connect_start"])
-
-    # -- bookkeeping ------------------------------------------------------------------------
-
-    def _spawn(self, min_world: int) -> _FaultPeer:
-        process = self.cluster.spawn(
-            fault_peer,
-            args=(self.driver.address, self.master.address, min_world, self.config.fault_size // 4),
-            name=f"fault-{len(self.peers)}",
-        )
-        peer = _FaultPeer(process)
-        self.peers.append(peer)
-        return peer
-
-    def _members(self) -> list[_FaultPeer]:
-        return [peer for peer in self.peers if not peer.gone]
-
-    def _collect(self) -> None:
-        """Hands new connections to their peers (by pid) and files the peers' reports."""
-        by_pid = {peer.process.pid: peer for peer in self.peers}
-        for connection in self.driver.connections:
-            hello = connection.hello
-            if hello is not None and hello.get("system") == "fault":
-                peer = by_pid.get(hello["pid"])
-                if peer is not None and peer.connection is None:
-                    peer.connection = connection
-        for peer in self.peers:
-            while peer.connection is not None and peer.connection.lines:
-                line = peer.connection.lines.popleft()
-                peer.last = line
-                if "first_op" in line:
-                    peer.first_ops.setdefault(int(line["first_op"]), line)
-                if "mismatch" in line or line.get("ok") is False:
-                    self.problems.append(
-                        f"{peer.process.name}: {line.get('mismatch', 'wrong all-reduce result')}"
-                    )
-
-    def _check(self) -> None:
-        if self.problems:
-            raise BenchmarkFailed(
-                "pycomm computed a wrong all-reduce during the fault measurements: "
-                + "; ".join(self.problems[:5])
-            )
-        for peer in self._members():
-            if not peer.process.running:
-                raise BenchmarkFailed(
-                    f"pycomm peer {peer.process.name} exited with status {peer.process.returncode} "
-                    f"during the fault measurements:\n{_tail(peer.process.read_stderr())}"
-                )
-
-    def _wait_steady(self, after_epoch: int, what: str) -> dict[str, dict[str, Any]]:
-        """Waits until every live peer completed a correct all-reduce in an epoch after ``after_epoch``
-        with all of them as members; returns each one's first such report."""
-        members = self._members()
-
-        def firsts() -> dict[str, dict[str, Any]] | None:
-            self._collect()
-            self._check()
-            found = {}
-            for peer in members:
-                later = [op for epoch, op in peer.first_ops.items() if epoch > after_epoch]
-                if not later:
-                    return None
-                found[peer.process.name] = min(later, key=lambda op: op["t"])
-            if any(op["world"] != len(members) for op in found.values()):
-                # A first all-reduce in a group of another size: wait for the group's next epoch.
-                return None
-            return found
-
-        result: dict[str, dict[str, Any]] = {}
-
-        def done() -> bool:
-            found = firsts()
-            if found is not None:
-                result.update(found)
-            return found is not None
-
-        self.driver.wait(done, _FAULT_TIMEOUT, what, self._check)
-        return result
-
-    def _diagnosis(self) -> str:
-        """What the master holds and logged, what every peer last reported, and the peers' stacks."""
-        lines = [f"master: {self.master.group_state()}"]
-        lines += [f"  master {when:.3f}: {what}" for when, what in list(self.master.events)[-40:]]
-        for peer in self.peers:
-            process = peer.process
-            state = "running" if process.running else f"exited {process.returncode}"
-            if process.running and process.stalled:
-                state = "stopped"
-            lines.append(f"{process.name} ({state}, gone={peer.gone}, {peer.peer_id[:8]}): last {peer.last}")
-        for peer in self._members():
-            if peer.process.running and not peer.process.stalled:
-                peer.process.dump_stacks()
-        for peer in self._members():
-            lines.append(f"--- {peer.process.name} stderr:\n{_tail(peer.process.read_stderr(), 80)}")
-        return "\n".join(lines)
-
-    def _counts(self) -> dict[str, int]:
-        totals = {"ops": 0, "verified": 0, "unverified": 0, "aborts": 0, "mismatches": 0}
-        self._collect()
-        for peer in self.peers:
-            for key in totals:
-                totals[key] += int(peer.last.get(key, 0))
-        return totals
-
-
 # -- the whole run, and what people read -------------------------------------------------------
 
 
@@ -1218,6 +643,8 @@ def run_allreduce(config: AllreduceConfig, progress: Callable[[str], None] | Non
         measured, shutdown = _run_peer_count(peers, systems, config, report, versions)
         cases += measured
         shutdowns.append(shutdown)
+    from .allreduce_faults import _FaultRun
+
     faults = _FaultRun(config, report).run() if config.recovery else None
     return {
         "benchmark": "allreduce",
