@@ -212,6 +212,12 @@ def test_wrong_use_gets_clear_errors() -> None:
         Communicator("127.0.0.1:1", connections=4)
     with pytest.raises(ValueError, match="host:port"):
         Communicator("localhost")
+    with pytest.raises(InvalidArgumentError, match="segment_bytes"):
+        Communicator("127.0.0.1:1", segment_bytes=8)
+    with pytest.raises(InvalidArgumentError, match="spin_microseconds"):
+        Communicator("127.0.0.1:1", spin_microseconds=-1)
+    with pytest.raises(InvalidArgumentError, match="timeout"):
+        Communicator("127.0.0.1:1", timeout=0)
 
 
 def test_a_tag_in_flight_twice_is_refused() -> None:

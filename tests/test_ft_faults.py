@@ -123,17 +123,19 @@ def _small_all_reduces_until_evicted_or_alone(address: str) -> None:
         comm.close()
 
 
-def test_sigstop_gets_a_peer_evicted_within_the_deadline() -> None:
+def test_sigstop_gets_a_peer_evicted_by_its_silence() -> None:
     with Master(heartbeat_timeout=HEARTBEAT_TIMEOUT) as master, LocalCluster(timeout=90) as cluster:
         peers = cluster.spawn_many(3, _small_all_reduces_until_evicted_or_alone, args=(master.address,))
         for peer in peers:
             peer.wait_for_line(r"ready", timeout=60)
         assert len(master.group_state()["members"]) == 3
         peers[1].stall()
-        stalled_at = time.monotonic()
+        deadline = time.monotonic() + 30  # a bound on the test, not a timing (that is benchmarked)
         while len(master.group_state()["members"]) == 3:
-            assert time.monotonic() - stalled_at < 3.0, "the stalled peer was not evicted within 3 s"
+            assert time.monotonic() < deadline, "the stalled peer was never evicted"
             time.sleep(0.01)
+        # Evicted by the heartbeat deadline: its sockets stayed open, so nothing else could.
+        assert any("no heartbeat" in text for _, text in master.events), master.events
         for peer in (peers[0], peers[2]):
             peer.wait_for_line("continued with 2", timeout=30)
         peers[1].resume()

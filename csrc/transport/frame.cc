@@ -3,24 +3,9 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/little_endian.h"
 
 namespace pycomm::transport {
-namespace {
-
-template <typename T>
-void put_little_endian(unsigned char* out, T value) {
-  for (std::size_t i = 0; i < sizeof(T); ++i) out[i] = static_cast<unsigned char>(value >> (8 * i));
-}
-
-template <typename T>
-T get_little_endian(const unsigned char* in) {
-  T value = 0;
-  for (std::size_t i = 0; i < sizeof(T); ++i) value |= static_cast<T>(static_cast<T>(in[i]) << (8 * i));
-  return value;
-}
-
-}  // namespace
-
 EncodedHeader encode_header(const FrameHeader& header) {
   PYCOMM_ENFORCE(header.type != 0, "frame type 0 is reserved");
   PYCOMM_ENFORCE(header.flags == 0, "no frame flags are defined in protocol version ", kProtocolVersion);

@@ -129,22 +129,7 @@ class Channel:
 
     def receive_into(self, target: memoryview, timeout: float) -> None:
         """Reads exactly len(target) announced bytes straight into `target`."""
-        deadline = time.monotonic() + timeout
-        filled = 0
-        while filled < len(target):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise CommTimeout(f"{filled} of {len(target)} bytes arrived before the deadline")
-            self.sock.settimeout(left)
-            try:
-                got = self.sock.recv_into(target[filled:])
-            except socket.timeout:
-                continue
-            except OSError as error:
-                raise CommError(f"connection failed: {error}") from error
-            if got == 0:
-                raise CommError(f"connection closed after {filled} of {len(target)} bytes")
-            filled += got
+        self._fill(target, time.monotonic() + timeout)
 
     def receive(self, timeout: float | None) -> tuple[Message, dict]:
         """The next message. A CommTimeout leaves the stream at an unknown position: close it."""
@@ -179,26 +164,31 @@ class Channel:
 
     def _read_exact(self, size: int, deadline: float | None) -> bytes:
         buffer = bytearray(size)
-        view = memoryview(buffer)
+        self._fill(memoryview(buffer), deadline)
+        return bytes(buffer)
+
+    def _fill(self, target: memoryview, deadline: float | None) -> None:
+        """Reads until `target` is full; CommTimeout at the deadline, CommError if the peer leaves."""
         filled = 0
-        while filled < size:
+        while filled < len(target):
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise CommTimeout(f"no message within the deadline ({filled} of {size} bytes arrived)")
+                    raise CommTimeout(f"{filled} of {len(target)} bytes arrived before the deadline")
                 self.sock.settimeout(left)
             else:
                 self.sock.settimeout(None)
             try:
-                got = self.sock.recv_into(view[filled:])
+                got = self.sock.recv_into(target[filled:])
             except socket.timeout:
                 continue
             except OSError as error:
                 raise CommError(f"connection failed: {error}") from error
             if got == 0:
-                raise CommError(f"connection closed by the other side ({filled} of {size} bytes arrived)")
+                raise CommError(
+                    f"connection closed by the other side ({filled} of {len(target)} bytes arrived)"
+                )
             filled += got
-        return bytes(buffer)
 
     def close(self) -> None:
         self._closed = True

@@ -143,6 +143,23 @@ def remove_stale_segments() -> int:
     return removed
 
 
+def _new_result(template: Any, array: np.ndarray, dtype: str, shape: tuple) -> Callable[[Any], Any]:
+    """What a collective with a new output array returns: the result, shaped, as the caller's kind."""
+
+    def result(handle: Any) -> Any:
+        out = np.empty(handle.result_bytes // max(array.itemsize, 1), dtype=array.dtype)
+        handle.copy_result(out)
+        return _like_input(template, out.reshape(shape), dtype)
+
+    return result
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgumentError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
 def _user_tag(tag: Any, internal: bool = False) -> int:
     limit = 1 << 64 if internal else INTERNAL_TAG_BASE
     if not isinstance(tag, int) or isinstance(tag, bool) or not 0 <= tag < limit:
@@ -265,10 +282,26 @@ class Communicator:
         self.peer_group = peer_group
         self._secret = secret_bytes(secret)
         self._host = host
-        self.timeout = float(timeout)
-        self.heartbeat_interval = float(heartbeat_interval)
-        self.reconnect_timeout = float(reconnect_timeout)
-        self._segment_bytes = int(segment_bytes)
+        self.timeout = _positive("timeout", timeout)
+        self.heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval)
+        self.reconnect_timeout = _positive("reconnect_timeout", reconnect_timeout)
+        # Checked here: the engine is built later, on the control thread, where a bad value could
+        # only end the epoch.
+        if (
+            isinstance(segment_bytes, bool)
+            or not isinstance(segment_bytes, int)
+            or not 64 <= segment_bytes <= 1 << 26
+        ):
+            raise InvalidArgumentError(f"segment_bytes must be an int in [64, 2**26], got {segment_bytes!r}")
+        if spin_microseconds is not None and (
+            isinstance(spin_microseconds, bool)
+            or not isinstance(spin_microseconds, int)
+            or not 0 <= spin_microseconds <= 1_000_000
+        ):
+            raise InvalidArgumentError(
+                f"spin_microseconds must be an int in [0, 10**6], got {spin_microseconds!r}"
+            )
+        self._segment_bytes = segment_bytes
         self._spin_microseconds = spin_microseconds
         self._node = node_identity() if shared_memory else ""
         self.peer_id = uuid.uuid4().hex
@@ -469,11 +502,7 @@ class Communicator:
         array, dtype = as_array(x, dtype=dtype)
         array = np.ascontiguousarray(array)
 
-        def result(handle: Any) -> Any:
-            out = np.empty(handle.result_bytes // max(array.itemsize, 1), dtype=array.dtype)
-            handle.copy_result(out)
-            return _like_input(x, out.reshape((-1, *array.shape)), dtype)
-
+        result = _new_result(x, array, dtype, (-1, *array.shape))
         return self._submit("all_gather", array, dtype, "sum", 0, _user_tag(tag, internal), result)
 
     def reduce_scatter(self, x: Any, op: str = "sum", tag: int = 0, *, dtype: str | None = None) -> Any:
@@ -489,11 +518,7 @@ class Communicator:
         array, dtype = as_array(x, dtype=dtype)
         array = np.ascontiguousarray(array)
 
-        def result(handle: Any) -> Any:
-            out = np.empty(handle.result_bytes // max(array.itemsize, 1), dtype=array.dtype)
-            handle.copy_result(out)
-            return _like_input(x, out, dtype)
-
+        result = _new_result(x, array, dtype, (-1,))
         return self._submit("reduce_scatter", array, dtype, op, 0, _user_tag(tag), result)
 
     def sync_shared_state(self, state: Any, strategy: str = "enforce_popular") -> Any:
