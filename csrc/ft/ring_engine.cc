@@ -151,8 +151,7 @@ std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input
 void RingEngine::run_locally(RingOp& op) {
   const OpSpec& spec = op.spec();
   const std::uint64_t n = op.layout_.total;
-  if (!op.accumulator_buffer_.empty() || spec.collective == Collective::all_reduce ||
-      spec.collective == Collective::reduce_scatter) {
+  if (spec.collective == Collective::all_reduce || spec.collective == Collective::reduce_scatter) {
     kernels::widen(op.accumulator_buffer_.data(), op.input_, n, spec.dtype, spec.op);
     kernels::finalize(op.result_.data(), op.accumulator_buffer_.data(), n, spec.dtype, spec.op, 1);
   } else if (!op.result_.empty()) {
@@ -322,7 +321,7 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
           kernels::widen(widened, partial, length, spec.dtype, spec.op);
           partial = widened;
         }
-        queue_data(op, Phase::reduce_scatter, 0, first, segment, partial, length * accumulator_item);
+        queue_data(op, Phase::reduce_scatter, 0, segment, partial, length * accumulator_item);
       }
       break;
     }
@@ -336,7 +335,7 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
       std::memcpy(base + own, input, layout.chunk_length(rank_) * item);
       for (std::uint32_t segment = 0; segment < layout.segments(rank_); ++segment) {
         const std::uint64_t begin = layout.segment_begin(rank_, segment);
-        queue_data(op, Phase::all_gather, 0, rank_, segment, base + begin * item,
+        queue_data(op, Phase::all_gather, 0, segment, base + begin * item,
                    layout.segment_length(rank_, segment) * item);
       }
       break;
@@ -346,7 +345,7 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
       if (rank_ == spec.root) {
         if (!o.result_.empty()) std::memcpy(o.result_.data(), input, o.result_.size());
         for (std::uint32_t segment = 0; segment < max_segments; ++segment) {
-          queue_data(op, Phase::broadcast, 0, 0, segment, o.result_.data() + layout.segment_begin(0, segment) * item,
+          queue_data(op, Phase::broadcast, 0, segment, o.result_.data() + layout.segment_begin(0, segment) * item,
                      layout.segment_length(0, segment) * item);
         }
       } else {
@@ -387,9 +386,8 @@ void RingEngine::stash_early(EarlyFrame frame) {
   early_[{frame.header.spec.tag, frame.header.sequence}].push_back(std::move(frame));
 }
 
-void RingEngine::queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t chunk,
+void RingEngine::queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step,
                             std::uint32_t segment, const unsigned char* data, std::uint64_t bytes) {
-  (void)chunk;
   DataHeader header;
   header.phase = phase;
   header.spec = op->spec();
@@ -494,13 +492,13 @@ void RingEngine::deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::ui
       kernels::accumulate(partial, static_cast<const unsigned char*>(o.input_) + begin * item, length, spec.dtype,
                           spec.op);
       if (step + 2 < n) {
-        queue_data(op, Phase::reduce_scatter, step + 1, chunk, segment, partial, length * accumulator_item);
+        queue_data(op, Phase::reduce_scatter, step + 1, segment, partial, length * accumulator_item);
       } else {
         const std::uint64_t placed = spec.collective == Collective::all_reduce ? begin : begin - layout.chunk_begin(chunk);
         unsigned char* out = o.result_.data() + placed * item;
         kernels::finalize(out, partial, length, spec.dtype, spec.op, n);
         if (spec.collective == Collective::all_reduce) {
-          queue_data(op, Phase::all_gather, 0, chunk, segment, out, length * item);
+          queue_data(op, Phase::all_gather, 0, segment, out, length * item);
         }
       }
       o.receives_left_--;
@@ -510,7 +508,7 @@ void RingEngine::deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::ui
       const std::uint32_t chunk = all_gather_chunk(rank_, step, n);
       const std::uint64_t begin = layout.segment_begin(chunk, segment);
       if (step + 2 < n) {
-        queue_data(op, Phase::all_gather, step + 1, chunk, segment, o.all_gather_base() + begin * item,
+        queue_data(op, Phase::all_gather, step + 1, segment, o.all_gather_base() + begin * item,
                    layout.segment_length(chunk, segment) * item);
       }
       o.receives_left_--;
@@ -519,7 +517,7 @@ void RingEngine::deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::ui
     }
     case Phase::broadcast: {
       if ((rank_ + 1) % n != spec.root) {
-        queue_data(op, Phase::broadcast, 0, 0, segment, o.result_.data() + layout.segment_begin(0, segment) * item,
+        queue_data(op, Phase::broadcast, 0, segment, o.result_.data() + layout.segment_begin(0, segment) * item,
                    layout.segment_length(0, segment) * item);
       }
       o.receives_left_--;

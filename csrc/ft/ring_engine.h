@@ -93,7 +93,7 @@ class RingEngine {
   void run();
   void start(const std::shared_ptr<RingOp>& op);
   void run_locally(RingOp& op);
-  void queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t chunk,
+  void queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step,
                   std::uint32_t segment, const unsigned char* data, std::uint64_t bytes);
   void queue_token(const std::shared_ptr<RingOp>& op, std::uint32_t hops);
   struct Incoming;
