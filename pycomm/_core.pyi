@@ -142,3 +142,89 @@ class ft:  # a submodule: pycomm._core.ft, the ring engine of pycomm.ft
         ) -> ft.RingOp: ...
         def abort(self, reason: str) -> None: ...
         def tag_states(self) -> list[tuple[int, int, int, bool]]: ...
+
+class datatype:  # a submodule: pycomm._core.datatype, the type IR and CPU pack/unpack
+    DEFAULT_DISTRIBUTION_ARGUMENT: int
+
+    class Type:
+        combiner: str
+        name: str
+        element_kind: str
+        size: int
+        lb: int
+        ub: int
+        extent: int
+        true_lb: int
+        true_extent: int
+        alignment: int
+        depth: int
+        integers: list[int]
+        children: list[datatype.Type]
+        def commit(self) -> None: ...
+        def strided(self) -> dict[str, Any] | None: ...
+        def describe_layout(self) -> str: ...
+        def layout_stats(self) -> dict[str, Any]: ...
+        def flat_table(self, count: int = 1, max_rows: int = ...) -> np.ndarray: ...
+        def span(self, count: int = 1) -> tuple[int, int]: ...
+
+    @staticmethod
+    def named(name: str, size: int, alignment: int, kind: str) -> datatype.Type: ...
+    @staticmethod
+    def named_pair(name: str, value: datatype.Type, index: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def contiguous(count: int, old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def vector(count: int, blocklength: int, stride: int, old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def hvector(count: int, blocklength: int, stride: int, old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def indexed(blocklengths: Sequence[int], displacements: Sequence[int], old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def hindexed(blocklengths: Sequence[int], displacements: Sequence[int], old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def indexed_block(blocklength: int, displacements: Sequence[int], old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def hindexed_block(blocklength: int, displacements: Sequence[int], old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def struct(
+        blocklengths: Sequence[int], displacements: Sequence[int], types: Sequence[datatype.Type]
+    ) -> datatype.Type: ...
+    @staticmethod
+    def subarray(
+        sizes: Sequence[int], subsizes: Sequence[int], starts: Sequence[int], order: str, old: datatype.Type
+    ) -> datatype.Type: ...
+    @staticmethod
+    def darray(
+        size: int,
+        rank: int,
+        global_sizes: Sequence[int],
+        distributions: Sequence[str],
+        arguments: Sequence[int],
+        process_grid: Sequence[int],
+        order: str,
+        old: datatype.Type,
+    ) -> datatype.Type: ...
+    @staticmethod
+    def resized(lb: int, extent: int, old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def dup(old: datatype.Type) -> datatype.Type: ...
+    @staticmethod
+    def pack(
+        type: datatype.Type,
+        source: Any,
+        count: int,
+        out: Any,
+        origin_offset: int = 0,
+        first: int = 0,
+        max_bytes: int = ...,
+    ) -> int: ...
+    @staticmethod
+    def unpack(
+        type: datatype.Type,
+        packed: Any,
+        target: Any,
+        count: int,
+        origin_offset: int = 0,
+        first: int = 0,
+        max_bytes: int = ...,
+    ) -> int: ...

@@ -32,9 +32,9 @@ def test_planned_commands_say_they_are_not_there(command: str, capsys: pytest.Ca
 def test_console_script_runs(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("pycomm")
     assert script.exists(), f"the pycomm console script should be installed beside {sys.executable}"
-    result = subprocess.run([str(script), "tune"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(script), "topo"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "pycomm tune: error:" in result.stderr
+    assert "pycomm topo: error:" in result.stderr
 
 
 def test_stress_refuses_what_it_cannot_do(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ namespace pycomm::bindings {
 void bind_kernels(py::module_& m);
 void bind_transport(py::module_& m);
 void bind_ft(py::module_& m);
+void bind_datatype(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -26,6 +27,9 @@ PYBIND11_MODULE(_core, m) {
 
   py::module_ ft = m.def_submodule("ft", "the ring engine of pycomm.ft");
   pycomm::bindings::bind_ft(ft);
+
+  py::module_ datatype = m.def_submodule("datatype", "type IR, canonical layouts and CPU pack/unpack");
+  pycomm::bindings::bind_datatype(datatype);
 
   m.def("build_info", [] {
     py::dict info;

@@ -12,7 +12,6 @@ from typing import Any
 from pycomm.errors import NotSupportedError
 
 PLANNED = {
-    "tune": "measure the datatype send-method model",
     "topo": "topology, partition plans and the cost model",
     "interpose": "run a command with the MPI datatype interposer preloaded",
 }

@@ -1,0 +1,182 @@
+"""pycomm.datatype without MPI: canonical forms, pack/unpack against numpy's strided views, partial
+packs, and the errors for bad input. (tests/test_datatype_mpi.py compares with MPICH itself.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.lib.stride_tricks import as_strided
+
+from pycomm import InvalidArgumentError
+from pycomm import datatype as dt
+
+
+def test_vector_is_one_strided_block() -> None:
+    t = dt.vector(3, 2, 4, dt.FLOAT).commit()
+    assert (t.size, t.extent) == (24, 40)
+    assert t.strided == dt.StridedBlock(offset=0, block=8, counts=(3,), strides=(16,))
+
+
+def test_dense_loops_fold_into_one_block() -> None:
+    assert dt.vector(5, 3, 3, dt.INT).commit().strided == dt.StridedBlock(0, 60, (), ())
+    assert dt.contiguous(4, dt.contiguous(2, dt.DOUBLE)).commit().strided == dt.StridedBlock(0, 64, (), ())
+    adjacent = dt.struct([1, 1], [0, 4], [dt.INT, dt.FLOAT]).commit()
+    assert adjacent.strided == dt.StridedBlock(0, 8, (), ())
+
+
+def test_regular_indexed_blocks_become_a_loop() -> None:
+    t = dt.indexed([2, 2, 2, 2], [0, 5, 10, 15], dt.SHORT).commit()
+    assert t.strided == dt.StridedBlock(0, 4, (4,), (10,))
+
+
+def test_irregular_pieces_stay_a_list() -> None:
+    t = dt.hindexed([1, 2], [0, 7], dt.INT).commit()
+    assert t.strided is None
+    assert t.layout_stats()["segments"] == 2
+
+
+def test_cube_faces_of_a_subarray_are_strided_blocks() -> None:
+    n = 8
+    cube = np.arange(n**3, dtype=np.float32).reshape(n, n, n)
+    faces = {
+        "yz": ([1, n, n], [3, 0, 0], cube[3, :, :]),
+        "xz": ([n, 1, n], [0, 3, 0], cube[:, 3, :]),
+        "xy": ([n, n, 1], [0, 0, 3], cube[:, :, 3]),
+    }
+    for name, (subsizes, starts, expected) in faces.items():
+        t = dt.subarray([n, n, n], subsizes, starts, dt.FLOAT).commit()
+        assert t.strided is not None, name
+        assert dt.pack(cube, t).view(np.float32).tolist() == expected.reshape(-1).tolist(), name
+    row_face = dt.subarray([n, n, n], [n, 1, n], [0, 3, 0], dt.FLOAT).commit()
+    assert row_face.strided == dt.StridedBlock(3 * n * 4, n * 4, (n,), (n * n * 4,))
+
+
+def test_loops_keep_their_order_even_when_a_stride_sort_would_merge_them() -> None:
+    # The transpose of a 4 x 3 int matrix: columns outside, rows inside. Sorting the strides would
+    # turn this into a plain copy and write the bytes in the wrong order.
+    column = dt.vector(4, 1, 3, dt.INT)
+    transpose = dt.hvector(3, 1, 4, column).commit()
+    assert transpose.strided == dt.StridedBlock(0, 4, (3, 4), (4, 12))
+    matrix = np.arange(12, dtype=np.int32).reshape(4, 3)
+    assert dt.pack(matrix, transpose).view(np.int32).tolist() == matrix.T.reshape(-1).tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    block=st.integers(1, 40),
+    loops=st.lists(st.tuples(st.integers(1, 5), st.integers(-96, 96)), min_size=1, max_size=4),
+    count=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_nested_hvectors_pack_like_numpy_strided_views(block, loops, count, seed) -> None:
+    t = dt.contiguous(block, dt.BYTE)
+    for loop_count, stride in reversed(loops):
+        t = dt.hvector(loop_count, 1, stride, t)
+    t = dt.resized(t, 0, 1000).commit()  # objects 1000 bytes apart
+    begin, end = t._native.span(count)
+    rng = np.random.default_rng(seed)
+    buffer = rng.integers(0, 256, end - min(begin, 0) + 1, dtype=np.uint8)
+    origin = -min(begin, 0)
+    packed = dt.pack(buffer, t, count, offset=origin)
+    counts = [c for c, _ in loops]
+    strides = [s for _, s in loops]
+    expected = b"".join(
+        as_strided(buffer[origin + 1000 * i :], shape=[*counts, block], strides=[*strides, 1]).tobytes()
+        if min(strides) >= 0
+        else _gather(buffer, origin + 1000 * i, block, counts, strides)
+        for i in range(count)
+    )
+    assert packed.tobytes() == expected
+    # Unpacking scatters the same bytes back: into a zeroed copy, it restores every packed byte.
+    target = np.zeros_like(buffer)
+    assert dt.unpack(packed, target, t, count, offset=origin) == packed.size
+    assert dt.pack(target, t, count, offset=origin).tobytes() == expected
+
+
+def _gather(buffer: np.ndarray, origin: int, block: int, counts: list[int], strides: list[int]) -> bytes:
+    pieces = []
+    for index in np.ndindex(*counts):
+        at = origin + sum(i * s for i, s in zip(index, strides))
+        pieces.append(buffer[at : at + block].tobytes())
+    return b"".join(pieces)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cuts=st.lists(st.integers(0, 4000), max_size=5))
+def test_partial_packs_concatenate_to_the_whole(cuts) -> None:
+    t = dt.struct([3, 1], [0, 40], [dt.vector(4, 3, 5, dt.SHORT), dt.DOUBLE]).commit()
+    buffer = np.random.default_rng(1).integers(0, 256, t.extent * 10, dtype=np.uint8)
+    whole = dt.pack(buffer, t, 10).tobytes()
+    edges = sorted({0, len(whole), *(c % (len(whole) + 1) for c in cuts)})
+    pieces = [dt.pack(buffer, t, 10, first=a, max_bytes=b - a).tobytes() for a, b in zip(edges, edges[1:])]
+    assert b"".join(pieces) == whole
+    target = np.zeros_like(buffer)
+    for a, b in zip(edges, edges[1:]):
+        piece = np.frombuffer(whole[a:b], np.uint8)
+        assert dt.unpack(piece, target, t, 10, first=a, max_bytes=b - a) == b - a
+    assert dt.pack(target, t, 10).tobytes() == whole
+
+
+def test_pack_into_a_given_output() -> None:
+    t = dt.vector(2, 1, 2, dt.INT).commit()
+    out = np.full(16, 255, np.uint8)
+    packed = dt.pack(np.arange(4, dtype=np.int32), t, out=out)
+    assert packed.view(np.int32).tolist() == [0, 2]
+    assert out[8:].tolist() == [255] * 8
+
+
+def test_errors_name_what_is_wrong() -> None:
+    t = dt.vector(4, 1, 4, dt.INT)
+    with pytest.raises(InvalidArgumentError, match="not committed"):
+        dt.pack(np.zeros(64, np.int32), t)
+    t.commit()
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        dt.pack(np.zeros(12, np.int32), t)
+    with pytest.raises(InvalidArgumentError, match="count must be >= 0"):
+        dt.pack(np.zeros(64, np.int32), t, count=-1)
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        dt.pack(np.zeros(64, np.int32), t, out=np.zeros(8, np.uint8))
+    with pytest.raises(InvalidArgumentError, match="read-only"):
+        frozen = np.zeros(16, np.uint8)
+        frozen.flags.writeable = False
+        dt.pack(np.zeros(64, np.int32), t, out=frozen)
+    with pytest.raises(InvalidArgumentError, match="C-contiguous"):
+        dt.pack(np.zeros((64, 2), np.int32)[:, 0], t)
+    with pytest.raises(InvalidArgumentError, match="are needed"):
+        dt.unpack(np.zeros(8, np.uint8), np.zeros(64, np.int32), t)
+    with pytest.raises(InvalidArgumentError, match=r"pycomm\.datatype\.Type"):
+        dt.pack(np.zeros(64, np.int32), "vector")
+    t.free()
+    with pytest.raises(InvalidArgumentError, match="freed"):
+        dt.pack(np.zeros(64, np.int32), t)
+    # A type built from a freed type stays valid; the freed one cannot build new ones.
+    with pytest.raises(InvalidArgumentError, match="freed"):
+        dt.contiguous(2, t)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: dt.vector(-1, 1, 1, dt.INT), "count must be >= 0"),
+        (lambda: dt.indexed([1, 2], [0], dt.INT), "2 blocklengths but 1 displacements"),
+        (lambda: dt.subarray([4, 4], [2, 5], [0, 0], dt.INT), r"subsizes\[1\] must be in \[1, 4\]"),
+        (lambda: dt.subarray([4], [2], [3], dt.INT), r"starts\[0\] must be in \[0, 2\]"),
+        (lambda: dt.subarray([4], [2], [0], dt.INT, order="X"), "order must be 'C' or 'F'"),
+        (lambda: dt.darray(4, 0, [8, 8], ["block", "block"], [-1, -1], [2, 3], dt.INT), "grid has 6"),
+        (lambda: dt.darray(2, 0, [8], ["block"], [2], [2], dt.INT), "does not cover"),
+        (lambda: dt.darray(2, 5, [8], ["block"], [-1], [2], dt.INT), "rank must be in"),
+        (lambda: dt.hvector(1 << 40, 1 << 30, 1 << 30, dt.DOUBLE), "overflows"),
+    ],
+)
+def test_constructors_reject_what_mpi_rejects(build, message) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        build()
+
+
+def test_named_pairs_have_their_holes() -> None:
+    assert (dt.SHORT_INT.size, dt.SHORT_INT.extent) == (6, 8)
+    assert dt.SHORT_INT.strided is None or dt.SHORT_INT.strided.block == 6
+    data = np.arange(16, dtype=np.uint8)
+    assert dt.pack(data, dt.DOUBLE_INT, 1).tolist() == list(range(12))
