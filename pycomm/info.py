@@ -8,6 +8,7 @@ their back would change what their own ``from mpi4py import MPI`` does).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -104,13 +105,28 @@ def _torch_runtime() -> dict[str, Any]:
     }
 
 
-def interposer_path() -> str:
-    """Path of ``libpycomm_interpose.so`` for ``LD_PRELOAD``.
+INTERPOSER_FILE = "libpycomm_interpose.so"
 
-    Raises :class:`NotSupportedError` while this version of pycomm does not ship the interposer.
+
+def interposer_path() -> str:
+    """Path of ``libpycomm_interpose.so``, the MPI datatype interposer, for ``LD_PRELOAD``.
+
+    Raises :class:`NotSupportedError` when this installation has none: pycomm was built without MPI
+    headers (the interposer is built against ``mpi.h``), or the file is missing from the package.
     """
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), INTERPOSER_FILE)
+    if os.path.isfile(path):
+        return path
+    if not core.build_info()["mpi_headers"]:
+        raise NotSupportedError(
+            "pycomm was built without MPI headers, so the MPI datatype interposer (libpycomm_interpose.so) "
+            "was not built; reinstall with the mpich wheel in the build environment (the default "
+            "build requirements), or build against a system MPI: pip install . "
+            "-C cmake.define.PYCOMM_MPI_HOME=/path/to/mpi"
+        )
     raise NotSupportedError(
-        "the MPI datatype interposer (libpycomm_interpose.so) is not part of this version of pycomm yet"
+        f"pycomm was built with MPI headers but {path} is missing: the installation is incomplete; "
+        "reinstall pycomm"
     )
 
 

@@ -203,7 +203,7 @@ def test_plot_without_matplotlib_fails_before_measuring(
     assert "measuring" not in stderr and stdout == ""
 
 
-@pytest.mark.parametrize("benchmark", ["pack", "hier"])
+@pytest.mark.parametrize("benchmark", ["hier"])
 def test_unshipped_benchmarks_say_so(benchmark: str) -> None:
     for extra in ([], ["--sizes", "4KiB", "--ranks", "4"]):
         status, _, stderr = run_cli("bench", benchmark, *extra)

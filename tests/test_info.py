@@ -73,12 +73,6 @@ def test_cuda_report_matches_the_built_module() -> None:
         assert "no CUDA compiler" in report["cuda"]["reason"]
 
 
-def test_interposer_is_reported_missing_with_a_clear_error() -> None:
-    with pytest.raises(pycomm.NotSupportedError, match="interposer"):
-        pycomm.interposer_path()
-    assert pycomm.info()["interposer"]["path"] is None
-
-
 def test_pycomm_info_command_prints_text_and_json(tmp_path: Path) -> None:
     text = subprocess.run(
         [sys.executable, "-m", "pycomm", "info"], cwd=tmp_path, capture_output=True, text=True, timeout=120

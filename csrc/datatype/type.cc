@@ -101,12 +101,6 @@ bool is_zero_length(const Bounds& bounds) {
   return bounds.size == 0 && bounds.lb == 0 && bounds.ub == 0 && bounds.true_lb == 0 && bounds.true_ub == 0;
 }
 
-std::int64_t product(const std::vector<std::int64_t>& values, const char* what) {
-  std::int64_t total = 1;
-  for (std::int64_t value : values) total = multiply(total, value, what);
-  return total;
-}
-
 }  // namespace
 
 class TypeBuilder {
@@ -412,7 +406,7 @@ namespace {
 
 struct DarrayDimension {
   TypeRef type;
-  std::int64_t start_offset;  // in elements of the old type along this dimension
+  std::int64_t start_offset = 0;  // in elements of the old type along this dimension
 };
 
 // One dimension of a block distribution (MPI's MPI_DISTRIBUTE_BLOCK).

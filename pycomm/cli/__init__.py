@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pycomm.cli import bench, info, master, planned, stress, tune
+from pycomm.cli import bench, info, interpose, master, planned, stress, tune
 from pycomm.errors import PycommError
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(subparsers)
     master.register(subparsers)
     stress.register(subparsers)
+    interpose.register(subparsers)
     tune.register(subparsers)
     planned.register(subparsers)
     return parser

@@ -13,7 +13,6 @@ from pycomm.errors import NotSupportedError
 
 PLANNED = {
     "topo": "topology, partition plans and the cost model",
-    "interpose": "run a command with the MPI datatype interposer preloaded",
 }
 
 

@@ -41,7 +41,9 @@ __all__ = [
     "indexed_block",
     "pack",
     "pack_size",
+    "recv",
     "resized",
+    "send",
     "struct",
     "subarray",
     "unpack",
@@ -432,3 +434,24 @@ def from_mpi(datatype: Any) -> Type:
     from pycomm.datatype._mpi import decode
 
     return Type(decode(datatype), committed=True)
+
+
+def send(
+    comm: Any, buf: Any, t: Type, dest: int, tag: int = 0, count: int = 1, *, method: str | None = None
+) -> str:
+    """Sends ``count`` objects of ``t`` from ``buf`` (host or GPU) to rank ``dest`` of an mpi4py
+    communicator as packed bytes, GPU data by the send method the model picks (or ``method``); returns
+    the method used. See :mod:`pycomm.datatype.mpi_send`."""
+    from pycomm.datatype import mpi_send
+
+    return mpi_send.send(comm, buf, t, dest, tag, count, method=method)
+
+
+def recv(
+    comm: Any, buf: Any, t: Type, source: int, tag: int = 0, count: int = 1, *, method: str | None = None
+) -> str:
+    """Receives what :func:`send` sent (or any ``MPI.BYTE``/``MPI.PACKED`` message of the packed size)
+    into ``count`` objects of ``t`` in ``buf``; returns the method used."""
+    from pycomm.datatype import mpi_send
+
+    return mpi_send.recv(comm, buf, t, source, tag, count, method=method)
