@@ -224,7 +224,7 @@ class datatype:  # a submodule: pycomm._core.datatype, the type IR and CPU pack/
         out: Any,
         origin_offset: int = 0,
         first: int = 0,
-        max_bytes: int = ...,
+        max_bytes: int = -1,
     ) -> int: ...
     @staticmethod
     def unpack(
@@ -234,5 +234,5 @@ class datatype:  # a submodule: pycomm._core.datatype, the type IR and CPU pack/
         count: int,
         origin_offset: int = 0,
         first: int = 0,
-        max_bytes: int = ...,
+        max_bytes: int = -1,
     ) -> int: ...

@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "bindings/arrays.h"
 #include "common/error.h"
 #include "datatype/pack.h"
 #include "datatype/type.h"
@@ -47,20 +46,50 @@ Distribution distribution_from_name(const std::string& name) {
 
 void check_count(std::int64_t count) { PYCOMM_ENFORCE(count >= 0, "count must be >= 0, got ", count); }
 
-// The buffer's bytes, checked to hold every byte that `count` objects of `type` touch when the
-// type's origin lies `origin_offset` bytes into it.
-std::byte* checked_origin(const py::buffer_info& info, const Objects& objects, std::int64_t origin_offset,
-                          const char* role) {
-  const ArrayView view = view_bytes(info, role);
-  const datatype::Span touched = datatype::span(objects);
-  const auto bytes = static_cast<std::int64_t>(view.bytes);
+// max_bytes < 0 asks for everything from `first` on (what the Python layer passes by default, so it
+// need not look up the type's size first).
+std::int64_t bytes_wanted(const Objects& objects, std::int64_t first, std::int64_t max_bytes) {
+  PYCOMM_ENFORCE(first >= 0, "first must be >= 0, got ", first);
+  const std::int64_t rest = std::max<std::int64_t>(objects.packed_bytes() - first, 0);
+  return max_bytes < 0 ? rest : std::min(max_bytes, rest);
+}
+
+// The bytes of a C-contiguous buffer (any object exporting one), held for one call. Lighter than
+// py::buffer_info, which copies shape and strides: that shows in kilobyte packs.
+class ContiguousBytes {
+ public:
+  ContiguousBytes(py::handle object, bool writable, const char* role) {
+    const int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(object.ptr(), &view_, flags) != 0) {
+      const py::error_already_set error;  // takes the exporter's reason (read-only, not contiguous)
+      PYCOMM_THROW(InvalidArgument, role, ": ", error.what(), " (a C-contiguous", writable ? ", writable" : "",
+                   " buffer is needed)");
+    }
+  }
+  ~ContiguousBytes() { PyBuffer_Release(&view_); }
+  ContiguousBytes(const ContiguousBytes&) = delete;
+  ContiguousBytes& operator=(const ContiguousBytes&) = delete;
+
+  std::byte* data() const { return static_cast<std::byte*>(view_.buf); }
+  std::int64_t bytes() const { return static_cast<std::int64_t>(view_.len); }
+
+ private:
+  Py_buffer view_{};
+};
+
+// The origin inside `buffer`, checked to leave every byte that `objects` of `type` touch inside it
+// when the origin lies `origin_offset` bytes in.
+std::byte* checked_origin(const ContiguousBytes& buffer, const Type& type, const Objects& objects,
+                          std::int64_t origin_offset, const char* role) {
+  const datatype::Span touched = datatype::span(objects, type.touched());
+  const std::int64_t bytes = buffer.bytes();
   if (touched.begin < touched.end) {
     PYCOMM_ENFORCE(origin_offset + touched.begin >= 0 && origin_offset + touched.end <= bytes, role,
                    " is too small: ", objects.count, " object(s) of this type touch bytes [", touched.begin, ", ",
                    touched.end, ") from the origin, which lies ", origin_offset, " bytes into a buffer of ", bytes,
                    " bytes");
   }
-  return static_cast<std::byte*>(view.data) + origin_offset;
+  return buffer.data() + origin_offset;
 }
 
 py::object strided_form(const Type& type) {
@@ -157,7 +186,7 @@ void bind_datatype(py::module_& m) {
       .def("span",
            [](const Type& t, std::int64_t count) {
              check_count(count);
-             const auto touched = datatype::span(Objects{&t.layout(), count, t.extent()});
+             const auto touched = datatype::span(Objects{&t.layout(), count, t.extent()}, t.touched());
              return py::make_tuple(touched.begin, touched.end);
            },
            py::arg("count") = 1);
@@ -210,47 +239,39 @@ void bind_datatype(py::module_& m) {
 
   m.def(
       "pack",
-      [](const Type& type, py::buffer source, std::int64_t count, py::buffer out, std::int64_t origin_offset,
+      [](const Type& type, py::handle source, std::int64_t count, py::handle out, std::int64_t origin_offset,
          std::int64_t first, std::int64_t max_bytes) {
         check_count(count);
-        PYCOMM_ENFORCE(first >= 0, "first must be >= 0, got ", first);
-        PYCOMM_ENFORCE(max_bytes >= 0, "max_bytes must be >= 0, got ", max_bytes);
         const Objects objects{&type.layout(), count, type.extent()};
-        const py::buffer_info source_info = source.request();
-        const py::buffer_info out_info = out.request(true);
-        const std::byte* origin = checked_origin(source_info, objects, origin_offset, "buffer");
-        const ArrayView packed = view_bytes(out_info, "out");
-        const std::int64_t total = objects.packed_bytes();
-        const std::int64_t wanted = std::min(max_bytes, std::max<std::int64_t>(total - first, 0));
-        PYCOMM_ENFORCE(static_cast<std::int64_t>(packed.bytes) >= wanted, "out is too small: ", wanted,
-                       " packed bytes do not fit in ", packed.bytes);
+        const std::int64_t wanted = bytes_wanted(objects, first, max_bytes);
+        const ContiguousBytes data(source, false, "buf");
+        const ContiguousBytes packed(out, true, "out");
+        const std::byte* origin = checked_origin(data, type, objects, origin_offset, "buf");
+        PYCOMM_ENFORCE(packed.bytes() >= wanted, "out is too small: ", wanted, " packed bytes do not fit in ",
+                       packed.bytes());
+        // One thread: splitting even a 4 MiB copy over this machine's cores measured slower.
         py::gil_scoped_release release;
-        return datatype::pack(objects, origin, static_cast<std::byte*>(packed.data), first, max_bytes);
+        return datatype::pack(objects, origin, packed.data(), first, wanted);
       },
       py::arg("type"), py::arg("source"), py::arg("count"), py::arg("out"), py::arg("origin_offset") = 0,
-      py::arg("first") = 0, py::arg("max_bytes") = INT64_MAX);
+      py::arg("first") = 0, py::arg("max_bytes") = -1);
 
   m.def(
       "unpack",
-      [](const Type& type, py::buffer packed, py::buffer target, std::int64_t count, std::int64_t origin_offset,
+      [](const Type& type, py::handle packed, py::handle target, std::int64_t count, std::int64_t origin_offset,
          std::int64_t first, std::int64_t max_bytes) {
         check_count(count);
-        PYCOMM_ENFORCE(first >= 0, "first must be >= 0, got ", first);
-        PYCOMM_ENFORCE(max_bytes >= 0, "max_bytes must be >= 0, got ", max_bytes);
         const Objects objects{&type.layout(), count, type.extent()};
-        const py::buffer_info packed_info = packed.request();
-        const py::buffer_info target_info = target.request(true);
-        std::byte* origin = checked_origin(target_info, objects, origin_offset, "buffer");
-        const ArrayView in = view_bytes(packed_info, "packed");
-        const std::int64_t total = objects.packed_bytes();
-        const std::int64_t wanted = std::min(max_bytes, std::max<std::int64_t>(total - first, 0));
-        PYCOMM_ENFORCE(static_cast<std::int64_t>(in.bytes) >= wanted, "packed holds ", in.bytes, " bytes but ", wanted,
-                       " are needed");
+        const std::int64_t wanted = bytes_wanted(objects, first, max_bytes);
+        const ContiguousBytes in(packed, false, "packed");
+        const ContiguousBytes data(target, true, "buf");
+        std::byte* origin = checked_origin(data, type, objects, origin_offset, "buf");
+        PYCOMM_ENFORCE(in.bytes() >= wanted, "packed holds ", in.bytes(), " bytes but ", wanted, " are needed");
         py::gil_scoped_release release;
-        return datatype::unpack(objects, static_cast<const std::byte*>(in.data), origin, first, max_bytes);
+        return datatype::unpack(objects, in.data(), origin, first, wanted);
       },
       py::arg("type"), py::arg("packed"), py::arg("target"), py::arg("count"), py::arg("origin_offset") = 0,
-      py::arg("first") = 0, py::arg("max_bytes") = INT64_MAX);
+      py::arg("first") = 0, py::arg("max_bytes") = -1);
 }
 
 }  // namespace pycomm::bindings

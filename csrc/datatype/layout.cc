@@ -215,6 +215,39 @@ Layout concat_layouts(const Layout& first, const Layout& second) {
 
 namespace {
 
+void extend_span(const Layout& layout, std::int64_t base, Span& span, bool& any) {
+  for (const Segment& segment : layout.segments) {
+    // Each loop reaches furthest at its first or last index, whatever the sign of its stride.
+    std::int64_t low = base + segment.offset;
+    std::int64_t high = low;
+    for (const Dim& dim : segment.dims) {
+      const std::int64_t reach = (dim.count - 1) * dim.stride;
+      (reach < 0 ? low : high) += reach;
+    }
+    if (segment.body) {
+      const Span inner = layout_span(*segment.body);
+      if (inner.begin == inner.end) continue;
+      low += inner.begin;
+      high += inner.end;
+    } else {
+      high += segment.block;
+    }
+    span = any ? Span{std::min(span.begin, low), std::max(span.end, high)} : Span{low, high};
+    any = true;
+  }
+}
+
+}  // namespace
+
+Span layout_span(const Layout& layout) {
+  Span span;
+  bool any = false;
+  extend_span(layout, 0, span, any);
+  return span;
+}
+
+namespace {
+
 void flatten_into(const Layout& layout, std::int64_t base, std::int64_t& packed, std::int64_t max_blocks,
                   std::vector<FlatBlock>& out) {
   for (const Segment& segment : layout.segments) {

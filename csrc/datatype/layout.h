@@ -53,6 +53,14 @@ struct Layout {
   std::string describe() const;
 };
 
+// The byte range [begin, end) relative to an object's origin that its layout touches (begin == end
+// when it holds no data). Exact for any sign of stride.
+struct Span {
+  std::int64_t begin = 0;
+  std::int64_t end = 0;
+};
+Span layout_span(const Layout& layout);
+
 // Layouts are built bottom-up by these, which canonicalise as they go.
 Layout block_layout(std::int64_t bytes);  // one contiguous block at offset 0
 // `count` copies of `inner`, `stride` bytes apart (a loop around it).

@@ -13,9 +13,35 @@ namespace {
 using RowCopy = void (*)(std::byte* packed, std::byte* strided, std::int64_t rows, std::int64_t stride,
                          std::int64_t block);
 
+// Rows this many strides ahead are prefetched when rows lie far apart (each row a new cache line,
+// often a new page): the hardware prefetcher does not follow such strides across pages, so every
+// row would otherwise wait for memory in turn.
+// Only worth it where the rows span more than the caches hold: over cached rows the extra instruction
+// per row costs more than it saves.
+inline constexpr std::int64_t kPrefetchRows = 16;
+inline constexpr std::int64_t kFarStride = 256;
+inline constexpr std::int64_t kUncachedSpan = std::int64_t{2} << 20;
+
+inline bool far_apart(std::int64_t rows, std::int64_t stride) {
+  const std::int64_t distance = stride < 0 ? -stride : stride;
+  return rows > 2 * kPrefetchRows && distance >= kFarStride && rows * distance >= kUncachedSpan;
+}
+
 template <bool kPack, std::int64_t kBlock>
 void copy_rows_fixed(std::byte* packed, std::byte* strided, std::int64_t rows, std::int64_t stride, std::int64_t) {
-  for (std::int64_t i = 0; i < rows; ++i) {
+  std::int64_t i = 0;
+  if (far_apart(rows, stride)) {
+    // Prefetching past the last row is harmless (a prefetch never faults), but not needed.
+    for (; i < rows - kPrefetchRows; ++i) {
+      __builtin_prefetch(strided + (i + kPrefetchRows) * stride, kPack ? 0 : 1);
+      if constexpr (kPack) {
+        std::memcpy(packed + i * kBlock, strided + i * stride, kBlock);
+      } else {
+        std::memcpy(strided + i * stride, packed + i * kBlock, kBlock);
+      }
+    }
+  }
+  for (; i < rows; ++i) {
     if constexpr (kPack) {
       std::memcpy(packed + i * kBlock, strided + i * stride, kBlock);
     } else {
@@ -189,7 +215,29 @@ class Walker {
   static constexpr std::size_t kMaxTrackedDims = 16;
 };
 
-Layout objects_layout(const Objects& objects) { return repeat_layout(*objects.layout, objects.count, objects.extent); }
+// Runs `walk(layout, origin, lo, hi, buffer)` over packed bytes [first, end) of `objects`. One
+// segment (a strided block): the objects become one more loop around it, so dense objects fold into
+// one block. Several segments: object by object, without copying the layout.
+template <typename Walk, typename Buffer>
+void walk_objects(const Objects& objects, std::byte* origin, std::int64_t first, std::int64_t end, Buffer buffer,
+                  Walk walk) {
+  const Layout& layout = *objects.layout;
+  if (objects.count == 1) {
+    walk(layout, origin, first, end, buffer);
+    return;
+  }
+  if (layout.segments.size() == 1) {
+    walk(repeat_layout(layout, objects.count, objects.extent), origin, first, end, buffer);
+    return;
+  }
+  const std::int64_t size = layout.packed_bytes;
+  for (std::int64_t object = first / size; object * size < end; ++object) {
+    const std::int64_t start = object * size;
+    const std::int64_t lo = std::max(first, start) - start;
+    const std::int64_t hi = std::min(end, start + size) - start;
+    walk(layout, origin + object * objects.extent, lo, hi, buffer + (start + lo - first));
+  }
+}
 
 }  // namespace
 
@@ -198,8 +246,10 @@ std::int64_t pack(const Objects& objects, const std::byte* origin, std::byte* ou
   const std::int64_t total = objects.packed_bytes();
   if (first >= total || max_bytes <= 0 || first < 0) return 0;
   const std::int64_t end = total - first < max_bytes ? total : first + max_bytes;
-  const Layout layout = objects.count == 1 ? *objects.layout : objects_layout(objects);
-  Walker<true>().layout(layout, const_cast<std::byte*>(origin), first, end, out);
+  walk_objects(objects, const_cast<std::byte*>(origin), first, end, out,
+               [](const Layout& layout, std::byte* at, std::int64_t lo, std::int64_t hi, std::byte* packed) {
+                 Walker<true>().layout(layout, at, lo, hi, packed);
+               });
   return end - first;
 }
 
@@ -208,52 +258,20 @@ std::int64_t unpack(const Objects& objects, const std::byte* in, std::byte* orig
   const std::int64_t total = objects.packed_bytes();
   if (first >= total || max_bytes <= 0 || first < 0) return 0;
   const std::int64_t end = total - first < max_bytes ? total : first + max_bytes;
-  const Layout layout = objects.count == 1 ? *objects.layout : objects_layout(objects);
-  Walker<false>().layout(layout, origin, first, end, const_cast<std::byte*>(in));
+  walk_objects(objects, origin, first, end, const_cast<std::byte*>(in),
+               [](const Layout& layout, std::byte* at, std::int64_t lo, std::int64_t hi, std::byte* packed) {
+                 Walker<false>().layout(layout, at, lo, hi, packed);
+               });
   return end - first;
 }
 
-namespace {
-
-void extend_span(const Layout& layout, std::int64_t base, Span& span, bool& any) {
-  for (const Segment& segment : layout.segments) {
-    // Each loop reaches furthest at its first or last index, whatever the sign of its stride.
-    std::int64_t low = base + segment.offset;
-    std::int64_t high = low;
-    for (const Dim& dim : segment.dims) {
-      const std::int64_t reach = (dim.count - 1) * dim.stride;
-      if (reach < 0) low += reach;
-      else high += reach;
-    }
-    if (segment.body) {
-      // The body's own span, placed at both extremes of the loops.
-      Span inner;
-      bool inner_any = false;
-      extend_span(*segment.body, 0, inner, inner_any);
-      if (!inner_any) continue;
-      low += inner.begin;
-      high += inner.end;
-    } else {
-      high += segment.block;
-    }
-    if (!any) {
-      span = Span{low, high};
-      any = true;
-    } else {
-      span.begin = std::min(span.begin, low);
-      span.end = std::max(span.end, high);
-    }
-  }
+Span span(const Objects& objects, const Span& one_object) {
+  if (objects.count <= 0 || one_object.begin == one_object.end) return Span{};
+  // Objects are copies of one another, `extent` apart: the first and the last bound the rest.
+  const std::int64_t reach = (objects.count - 1) * objects.extent;
+  return Span{one_object.begin + std::min<std::int64_t>(reach, 0), one_object.end + std::max<std::int64_t>(reach, 0)};
 }
 
-}  // namespace
-
-Span span(const Objects& objects) {
-  Span result;
-  bool any = false;
-  if (objects.count <= 0) return result;
-  extend_span(objects_layout(objects), 0, result, any);
-  return result;
-}
+Span span(const Objects& objects) { return span(objects, layout_span(*objects.layout)); }
 
 }  // namespace pycomm::datatype

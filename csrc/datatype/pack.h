@@ -30,11 +30,9 @@ std::int64_t unpack(const Objects& objects, const std::byte* in, std::byte* orig
                     std::int64_t max_bytes = INT64_MAX);
 
 // The byte range [begin, end) relative to the origin that pack/unpack of `objects` touch (empty when
-// no data). Computed from the layout, so it is exact even for negative strides.
-struct Span {
-  std::int64_t begin = 0;
-  std::int64_t end = 0;
-};
+// no data). `one_object` is layout_span(*objects.layout), when the caller has it at hand (a committed
+// type keeps it: Type::touched()).
 Span span(const Objects& objects);
+Span span(const Objects& objects, const Span& one_object);
 
 }  // namespace pycomm::datatype

@@ -621,9 +621,15 @@ const Layout& Type::layout() const {
       case Combiner::resized:
       case Combiner::dup: layout = children_[0]->layout(); break;
     }
+    touched_ = layout_span(layout);
     layout_ = std::make_unique<const Layout>(std::move(layout));
   });
   return *layout_;
+}
+
+const Span& Type::touched() const {
+  layout();
+  return touched_;
 }
 
 }  // namespace pycomm::datatype

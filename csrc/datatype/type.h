@@ -105,6 +105,8 @@ class Type {
 
   // The canonical layout of one object, computed on first call (thread-safe) and kept.
   const Layout& layout() const;
+  // The bytes one object's data touches, relative to its origin; computed and kept with the layout.
+  const Span& touched() const;
 
  private:
   Type(Combiner combiner, std::vector<std::int64_t> integers, std::vector<TypeRef> children);
@@ -121,6 +123,7 @@ class Type {
   int depth_ = 0;
   mutable std::once_flag layout_once_;
   mutable std::unique_ptr<const Layout> layout_;
+  mutable Span touched_;
 
   friend class TypeBuilder;
 };

@@ -314,6 +314,13 @@ def _is_gpu_array(array: Any) -> bool:
     return int(kind) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
 
 
+def _usable(t: Any) -> Any:
+    """The native type of a committed, live pycomm Type; raises saying what is wrong otherwise."""
+    if not isinstance(t, Type):
+        raise InvalidArgumentError(f"t must be a pycomm.datatype.Type, got {type(t).__name__}")
+    return t._native if t._committed and not t._freed else t._committed_native()
+
+
 def _check_count(count: int) -> int:
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
         raise InvalidArgumentError(f"count must be an int, got {count!r}")
@@ -364,31 +371,35 @@ def pack(
     given, else a new uint8 array. ``first`` and ``max_bytes`` select a piece of the packed stream
     (packed bytes ``[first, first + max_bytes)``), for pipelining a large object.
     """
-    if not isinstance(t, Type):
-        raise InvalidArgumentError(f"t must be a pycomm.datatype.Type, got {type(t).__name__}")
-    native = t._committed_native()
-    count = _check_count(count)
-    if _is_gpu_array(buf):
-        if offset or first or max_bytes is not None:
-            raise InvalidArgumentError("offset, first and max_bytes are supported for CPU buffers only")
-        from pycomm.datatype import _gpu
+    native = t._native if type(t) is Type and t._committed and not t._freed else _usable(t)
+    if type(count) is not int or count < 0:
+        count = _check_count(count)
+    # numpy arrays first: the common case pays for no GPU probing.
+    if type(buf) is not np.ndarray:
+        if _is_gpu_array(buf):
+            if first or max_bytes is not None:
+                raise InvalidArgumentError("first and max_bytes are supported for CPU buffers only")
+            from pycomm.datatype import _gpu
 
-        return _gpu.pack_gpu(buf, t, count, out)
-    total = count * native.size
-    wanted = max(0, min(total - first, total if max_bytes is None else max_bytes))
+            return _gpu.pack_gpu(buf, t, count, out, offset=offset)
+        buf = _as_bytes(buf, "buf", writable=False)
+    if max_bytes is not None and max_bytes < 0:
+        raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
+    limit = -1 if max_bytes is None else int(max_bytes)  # -1: everything from `first` on
     if out is None:
+        total = count * native.size
+        wanted = max(0, total - first) if max_bytes is None else max(0, min(total - first, limit))
         out = np.empty(wanted, dtype=np.uint8)
-    target = _as_bytes(out, "out", writable=True)
-    written = _datatype.pack(
-        native,
-        _as_bytes(buf, "buf", writable=False),
-        count,
-        target,
-        int(offset),
-        int(first),
-        total if max_bytes is None else int(max_bytes),
-    )
+        written = _datatype.pack(native, buf, count, out, offset, first, limit)
+        return out if written == wanted else out[:written]
+    target = out if type(out) is np.ndarray else _as_bytes(out, "out", writable=True)
+    written = _datatype.pack(native, buf, count, target, offset, first, limit)
+    if type(out) is np.ndarray and out.ndim == 1 and out.dtype == _BYTE and out.shape[0] == written:
+        return out
     return _trimmed(out, written)
+
+
+_BYTE = np.dtype(np.uint8)
 
 
 def _trimmed(out: Any, nbytes: int) -> Any:
@@ -410,23 +421,22 @@ def unpack(
 ) -> int:
     """Scatters packed bytes into ``count`` objects of ``t`` in ``buf`` (the inverse of :func:`pack`);
     returns the bytes consumed. ``first``/``max_bytes`` place a piece of the packed stream."""
-    if not isinstance(t, Type):
-        raise InvalidArgumentError(f"t must be a pycomm.datatype.Type, got {type(t).__name__}")
-    native = t._committed_native()
-    count = _check_count(count)
-    if _is_gpu_array(buf):
-        if offset or first or max_bytes is not None:
-            raise InvalidArgumentError("offset, first and max_bytes are supported for CPU buffers only")
+    native = t._native if type(t) is Type and t._committed and not t._freed else _usable(t)
+    if type(count) is not int or count < 0:
+        count = _check_count(count)
+    if type(buf) is not np.ndarray and _is_gpu_array(buf):
+        if first or max_bytes is not None:
+            raise InvalidArgumentError("first and max_bytes are supported for CPU buffers only")
         from pycomm.datatype import _gpu
 
-        return _gpu.unpack_gpu(packed, buf, t, count)
-    total = count * native.size
-    source = _as_bytes(packed, "packed", writable=False)
+        return _gpu.unpack_gpu(packed, buf, t, count, offset=offset)
     if max_bytes is None:
-        max_bytes = max(0, total - first)
-    return _datatype.unpack(
-        native, source, _as_bytes(buf, "buf", writable=True), count, int(offset), int(first), int(max_bytes)
-    )
+        max_bytes = -1  # everything from `first` on
+    elif max_bytes < 0:
+        raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
+    source = packed if type(packed) is np.ndarray else _as_bytes(packed, "packed", writable=False)
+    target = buf if type(buf) is np.ndarray else _as_bytes(buf, "buf", writable=True)
+    return _datatype.unpack(native, source, target, count, offset, first, max_bytes)
 
 
 def from_mpi(datatype: Any) -> Type:
