@@ -133,3 +133,34 @@ def test_send_and_recv_move_packed_bytes_between_ranks() -> None:
     for row in range(6):
         expected[row * 4 + 2] = float(row * 4)
     assert received == expected
+
+
+def decode_edge_cases() -> dict:
+    from mpi4py import MPI
+
+    from pycomm import InvalidArgumentError
+    from pycomm import datatype as dt
+
+    outcome = {}
+    vector = MPI.DOUBLE.Create_vector(3, 1, 4)
+    vector.Free()  # mpi4py sets the handle to MPI_DATATYPE_NULL
+    for name, value in (("freed", vector), ("not a datatype", "MPI_DOUBLE")):
+        try:
+            dt.from_mpi(value)
+        except InvalidArgumentError as error:
+            outcome[name] = str(error)
+    # Named types of every kind decode to their size and extent, pairs with their holes.
+    for name in ("INT", "DOUBLE", "C_DOUBLE_COMPLEX", "SHORT_INT", "LONG_DOUBLE_INT", "TWOINT", "WCHAR"):
+        mpi = getattr(MPI, name)
+        t = dt.from_mpi(mpi)
+        outcome[name] = (t.size, t.extent) == (mpi.Get_size(), mpi.Get_extent()[1])
+    real = MPI.Datatype.Create_f90_real(6, 30)
+    outcome["F90_REAL"] = dt.from_mpi(real).size == real.Get_size()
+    return outcome
+
+
+def test_from_mpi_rejects_freed_types_and_decodes_named_ones() -> None:
+    outcome = run_mpi(decode_edge_cases, 1, timeout=120).values[0]
+    assert "MPI_DATATYPE_NULL" in outcome["freed"]
+    assert "mpi4py.MPI.Datatype" in outcome["not a datatype"]
+    assert all(outcome[name] for name in outcome if name not in ("freed", "not a datatype")), outcome

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "datatype/named.h"
 #include "datatype/pack.h"
 #include "datatype/type.h"
 
@@ -196,6 +197,12 @@ void bind_datatype(py::module_& m) {
   });
   m.def("named_pair", [](const std::string& name, Holder value, Holder index) {
     return hold(Type::named_pair(name, value, index));
+  });
+  m.def("named_type_names", &datatype::named_type_names, "The MPI names of the named-type table");
+  m.def("named_type", [](const std::string& name) {
+    TypeRef type = datatype::named_type(name);
+    PYCOMM_ENFORCE(type != nullptr, "no named MPI type called '", name, "'");
+    return hold(std::move(type));
   });
   m.def("contiguous", [](std::int64_t count, Holder old) { return hold(Type::contiguous(count, old)); });
   m.def("vector", [](std::int64_t count, std::int64_t blocklength, std::int64_t stride, Holder old) {

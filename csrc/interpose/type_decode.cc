@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "datatype/named.h"
 #include "interpose/real_symbols.h"
 
 namespace pycomm::interpose {
@@ -214,9 +215,7 @@ std::string named_type_name(MPI_Datatype handle) {
   return unnamed.str();
 }
 
-bool contains(const std::string& text, const char* part) { return text.find(part) != std::string::npos; }
-
-// The largest power of two (up to 16) dividing `size`: the C alignment of the basic types.
+// The largest power of two (up to 16) dividing `size`: the C alignment of a basic type.
 std::int64_t natural_alignment(std::int64_t size) {
   std::int64_t alignment = 1;
   while (alignment < size && alignment < 16 && size % (alignment * 2) == 0) {
@@ -225,54 +224,22 @@ std::int64_t natural_alignment(std::int64_t size) {
   return alignment;
 }
 
-// A scalar named type with MPICH's element class (integers of one width share one whatever their
-// sign; it decides whether a struct of them is padded). Complex types align like their parts.
-TypeRef named_scalar(const std::string& name, std::int64_t size) {
-  const bool complex = contains(name, "COMPLEX");
-  const std::int64_t alignment = natural_alignment(complex ? size / 2 : size);
-  std::string kind;
-  if (complex) {
-    kind = "complex" + std::to_string(8 * size);
-  } else if (name == "MPI_FLOAT" || name == "MPI_DOUBLE" || name == "MPI_LONG_DOUBLE") {
-    kind = "float" + std::to_string(8 * size);
-  } else if (name == "MPI_C_BOOL" || name == "MPI_CXX_BOOL") {
-    kind = "bool";
-  } else {
-    kind = "fixed" + std::to_string(8 * size);
-  }
-  return Type::named(name, size, alignment, kind);
-}
-
-// The value types of the MPI_MINLOC/MAXLOC pairs (the index is an int after the value).
-struct PairType {
-  const char* name;
-  const char* value;
-  std::int64_t value_size;
-};
-constexpr PairType kPairTypes[] = {
-    {"MPI_FLOAT_INT", "MPI_FLOAT", sizeof(float)},       {"MPI_DOUBLE_INT", "MPI_DOUBLE", sizeof(double)},
-    {"MPI_LONG_INT", "MPI_LONG", sizeof(long)},          {"MPI_SHORT_INT", "MPI_SHORT", sizeof(short)},
-    {"MPI_2INT", "MPI_INT", sizeof(int)},                {"MPI_LONG_DOUBLE_INT", "MPI_LONG_DOUBLE", sizeof(long double)},
-};
-
 TypeRef decode_named(MPI_Datatype handle) {
   const MpiBounds mpi = mpi_bounds(handle);
   const std::string name = named_type_name(handle);
   if (mpi.size <= 0) {
     throw NoExactForm("predefined type without data");
   }
-  for (const PairType& pair : kPairTypes) {
-    if (name == pair.name) {
-      // agree_with_mpi checks the C layout assumed here against MPI's bounds.
-      return agree_with_mpi(
-          Type::named_pair(name, named_scalar(pair.value, pair.value_size), named_scalar("MPI_INT", sizeof(int))),
-          handle);
-    }
+  // The core's table, checked against what this MPI reports (agree_with_mpi throws where the C
+  // layout assumed there is not this MPI's).
+  if (TypeRef known = datatype::named_type(name)) {
+    return agree_with_mpi(std::move(known), handle);
   }
+  // Another predefined type (a Fortran type, say): a block of its size, if MPI reports no holes.
   if (mpi.lb != 0 || mpi.extent != mpi.size || mpi.true_lb != 0 || mpi.true_extent != mpi.size) {
     throw NoExactForm("predefined type with holes");
   }
-  return named_scalar(name, mpi.size);
+  return Type::named(name, mpi.size, natural_alignment(mpi.size), name);
 }
 
 Order order_of(std::int64_t value) {

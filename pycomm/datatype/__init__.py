@@ -383,23 +383,24 @@ def pack(
 
             return _gpu.pack_gpu(buf, t, count, out, offset=offset)
         buf = _as_bytes(buf, "buf", writable=False)
-    if max_bytes is not None and max_bytes < 0:
+    if max_bytes is None:
+        limit = -1  # everything from `first` on
+    elif max_bytes < 0:
         raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
-    limit = -1 if max_bytes is None else int(max_bytes)  # -1: everything from `first` on
+    else:
+        limit = int(max_bytes)
     if out is None:
         total = count * native.size
-        wanted = max(0, total - first) if max_bytes is None else max(0, min(total - first, limit))
+        wanted = max(0, total - first if limit < 0 else min(total - first, limit))
         out = np.empty(wanted, dtype=np.uint8)
         written = _datatype.pack(native, buf, count, out, offset, first, limit)
         return out if written == wanted else out[:written]
-    target = out if type(out) is np.ndarray else _as_bytes(out, "out", writable=True)
-    written = _datatype.pack(native, buf, count, target, offset, first, limit)
-    if type(out) is np.ndarray and out.ndim == 1 and out.dtype == _BYTE and out.shape[0] == written:
-        return out
+    if type(out) is np.ndarray:
+        written = _datatype.pack(native, buf, count, out, offset, first, limit)
+        # An output of exactly the packed size comes back as it is, whatever its dtype and shape.
+        return out if out.nbytes == written else _trimmed(out, written)
+    written = _datatype.pack(native, buf, count, _as_bytes(out, "out", writable=True), offset, first, limit)
     return _trimmed(out, written)
-
-
-_BYTE = np.dtype(np.uint8)
 
 
 def _trimmed(out: Any, nbytes: int) -> Any:
