@@ -526,3 +526,83 @@ def test_cli_runs_an_mpi_program_and_gathers_every_rank_s_counters(tmp_path: Pat
     for counters in written["counters"].values():
         # One untimed exchange and the default ten timed ones, 26 neighbours each.
         assert counters["functions"]["MPI_Isend_c"]["handled"] == 26 * 11
+
+
+def threaded_exchange(threads: int, rounds: int) -> dict[str, Any]:
+    """Each of `threads` threads on both ranks commits its own types, moves them with Isend/Irecv and
+    Sendrecv on its own tags, packs and unpacks them and frees them, `rounds` times, all at once:
+    the interposer's type cache and request table are shared by the threads."""
+    import threading
+
+    import numpy as np
+    from mpi4py import MPI
+
+    assert MPI.Query_thread() == MPI.THREAD_MULTIPLE
+    comm = MPI.COMM_WORLD
+    peer = 1 - comm.Get_rank()
+    failures: list[str] = []
+
+    def work(thread: int) -> None:
+        try:
+            for round_ in range(rounds):
+                for case, (name, datatype, blocks) in enumerate(_type_cases(MPI)):
+                    datatype.Commit()
+                    extent = datatype.Get_extent()[1]
+                    pattern = ((np.arange(OBJECTS * extent) * 13 + thread + round_ + case) % 251).astype(
+                        np.uint8
+                    )
+                    want, want_packed = _expected(pattern, blocks, extent)
+                    tag = (thread * 100 + case) * 2
+                    received = np.full_like(pattern, UNTOUCHED)
+                    requests = [
+                        comm.Irecv([received, OBJECTS, datatype], peer, tag),
+                        comm.Isend([pattern, OBJECTS, datatype], peer, tag),
+                    ]
+                    MPI.Request.Waitall(requests)
+                    swapped = np.full_like(pattern, UNTOUCHED)
+                    comm.Sendrecv(
+                        [pattern, OBJECTS, datatype],
+                        peer,
+                        tag + 1,
+                        [swapped, OBJECTS, datatype],
+                        peer,
+                        tag + 1,
+                    )
+                    packed = np.empty(datatype.Pack_size(OBJECTS, comm), np.uint8)
+                    position = datatype.Pack(pattern, packed, 0, comm)
+                    unpacked = np.full_like(pattern, UNTOUCHED)
+                    datatype.Unpack(packed[:position], 0, unpacked, comm)
+                    datatype.Free()
+                    # Both ranks send the same pattern, so each receives what it would have sent.
+                    for what, got, expected in (
+                        ("irecv", received, want),
+                        ("sendrecv", swapped, want),
+                        ("pack", packed[:position], np.frombuffer(want_packed, np.uint8)),
+                        ("unpack", unpacked, want),
+                    ):
+                        if bytes(got) != bytes(expected):
+                            failures.append(f"thread {thread} round {round_} {name} {what}")
+        except Exception as error:  # reported below, on the main thread
+            failures.append(f"thread {thread}: {error!r}")
+
+    workers = [threading.Thread(target=work, args=(thread,)) for thread in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return {"failures": failures, "counters": _read_counters()}
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_threads_share_the_interposer_safely() -> None:
+    values = run_mpi(threaded_exchange, 2, args=(4, 5), env={"LD_PRELOAD": _interposer()}, timeout=120).values
+    for value in values:
+        assert value["failures"] == []
+        counters = value["counters"]
+        handled = {name: entry["handled"] for name, entry in counters["functions"].items()}
+        assert counters["events"]["fallbacks"] == 0
+        # 4 threads x 5 rounds x 6 types, every call handled by pycomm.
+        assert handled["MPI_Type_commit"] == handled["MPI_Pack_c"] == handled["MPI_Isend_c"] == 120
+        assert handled["MPI_Irecv_c"] == handled["MPI_Sendrecv_c"] == 120
+        assert counters["types_in_cache"] == 0  # every type was freed
