@@ -180,3 +180,53 @@ def test_named_pairs_have_their_holes() -> None:
     assert dt.SHORT_INT.strided is None or dt.SHORT_INT.strided.block == 6
     data = np.arange(16, dtype=np.uint8)
     assert dt.pack(data, dt.DOUBLE_INT, 1).tolist() == list(range(12))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    blocklength=st.integers(1, 6),
+    stride=st.integers(6, 40),
+    count=st.integers(0, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_fast_path_writes_what_the_general_path_writes(blocklength, stride, count, seed) -> None:
+    # pack(buf, t, count, out) and unpack(packed, buf, t, count) run in C without Python checks;
+    # with a keyword they take the general path. Both must move the same bytes.
+    t = dt.struct([blocklength, 1], [0, 8 * stride], [dt.SHORT, dt.vector(3, 1, stride, dt.INT)]).commit()
+    rng = np.random.default_rng(seed)
+    buffer = rng.integers(0, 256, max(1, t.extent * count + t.true_extent), dtype=np.uint8)
+    out = np.empty(t.size * count, np.uint8)
+    fast = dt.pack(buffer, t, count, out)
+    assert fast is out
+    assert fast.tobytes() == dt.pack(buffer, t, count, offset=0).tobytes()
+    target_fast = rng.integers(0, 256, buffer.size, dtype=np.uint8)
+    target_general = target_fast.copy()
+    assert dt.unpack(fast, target_fast, t, count) == fast.size
+    assert dt.unpack(fast, target_general, t, count, offset=0) == fast.size
+    assert target_fast.tobytes() == target_general.tobytes()
+
+
+def test_the_fast_path_hands_every_doubtful_call_to_the_checks() -> None:
+    t = dt.vector(4, 1, 4, dt.INT).commit()
+    data = np.arange(16, dtype=np.int32)
+    # An output larger than the packed bytes: packed into its start, returned trimmed.
+    assert dt.pack(data, t, 1, np.zeros(100, np.uint8)).view(np.int32).tolist() == [0, 4, 8, 12]
+    assert dt.pack(data, t, np.int64(1), np.zeros(16, np.uint8)).view(np.int32).tolist() == [0, 4, 8, 12]
+    frozen = np.zeros(16, np.uint8)
+    frozen.flags.writeable = False
+    with pytest.raises(InvalidArgumentError, match="read-only"):
+        dt.pack(data, t, 1, frozen)
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        dt.pack(data[:10], t, 1, np.zeros(16, np.uint8))
+    with pytest.raises(InvalidArgumentError, match="count must be >= 0"):
+        dt.pack(data, t, -1, np.zeros(16, np.uint8))
+    with pytest.raises(InvalidArgumentError, match="are needed"):
+        dt.unpack(np.zeros(8, np.uint8), data.copy(), t, 1)
+    t.free()
+    with pytest.raises(InvalidArgumentError, match="freed"):
+        dt.pack(data, t, 1, np.zeros(16, np.uint8))
+    with pytest.raises(InvalidArgumentError, match="freed"):
+        dt.unpack(np.zeros(16, np.uint8), data.copy(), t, 1)
+    uncommitted = dt.vector(4, 1, 4, dt.INT)
+    with pytest.raises(InvalidArgumentError, match="not committed"):
+        dt.pack(data, uncommitted, 1, np.zeros(16, np.uint8))

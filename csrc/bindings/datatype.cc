@@ -145,7 +145,10 @@ py::array_t<std::int64_t> flat_table(const Type& type, std::int64_t count, std::
 
 }  // namespace
 
+void bind_datatype_fast(py::module_& m);
+
 void bind_datatype(py::module_& m) {
+  bind_datatype_fast(m);
   py::class_<Type, Holder> type(m, "Type", "A node of the type IR (immutable); its canonical layout is cached");
   type.def_property_readonly("combiner", [](const Type& t) { return std::string(datatype::combiner_name(t.combiner())); })
       .def_property_readonly("name", &Type::name)

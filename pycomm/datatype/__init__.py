@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,12 +71,15 @@ class StridedBlock:
 class Type:
     """An MPI datatype: immutable, usable once committed."""
 
-    __slots__ = ("_committed", "_freed", "_native")
+    __slots__ = ("_committed", "_fast", "_freed", "_native")
 
     def __init__(self, native: Any, *, committed: bool = False) -> None:
         self._native = native
         self._committed = committed
         self._freed = False
+        # The native type's address while committed and live (None otherwise): what the C fast
+        # path of pack/unpack reads. Valid because this object keeps `_native` alive.
+        self._fast = _datatype.address(native) if committed else None
 
     # --- what MPI reports -------------------------------------------------------------------------
     @property
@@ -138,11 +141,13 @@ class Type:
         """Computes and caches the canonical layout; returns the type, so ``t = dt.vector(...).commit()``."""
         self._live().commit()
         self._committed = True
+        self._fast = _datatype.address(self._native)
         return self
 
     def free(self) -> None:
         """Marks the type freed: using it afterwards raises. Types built from it stay valid."""
         self._freed = True
+        self._fast = None
 
     def dup(self) -> Type:
         return dup(self)
@@ -354,7 +359,7 @@ def pack_size(t: Type, count: int = 1) -> int:
     return _check_count(count) * t._live().size
 
 
-def pack(
+def _pack(
     buf: Any,
     t: Type,
     count: int = 1,
@@ -410,7 +415,7 @@ def _trimmed(out: Any, nbytes: int) -> Any:
     return memoryview(out).cast("B")[:nbytes]
 
 
-def unpack(
+def _unpack(
     packed: Any,
     buf: Any,
     t: Type,
@@ -438,6 +443,24 @@ def unpack(
     source = packed if type(packed) is np.ndarray else _as_bytes(packed, "packed", writable=False)
     target = buf if type(buf) is np.ndarray else _as_bytes(buf, "buf", writable=True)
     return _datatype.unpack(native, source, target, count, offset, first, max_bytes)
+
+
+_PACK_SIGNATURE = "pack(buf, t, count=1, out=None, *, offset=0, first=0, max_bytes=None)\n--\n\n"
+_UNPACK_SIGNATURE = "unpack(packed, buf, t, count=1, *, offset=0, first=0, max_bytes=None)\n--\n\n"
+
+if TYPE_CHECKING:
+    pack = _pack
+    unpack = _unpack
+else:
+    # The common case (numpy arrays, a committed type, a given output, whole objects) runs in C
+    # without pybind11's dispatch; everything else, errors included, in _pack/_unpack above.
+    pack, unpack = _datatype.install_fast_path(
+        _pack,
+        _unpack,
+        "_fast",
+        _PACK_SIGNATURE + (_pack.__doc__ or ""),
+        _UNPACK_SIGNATURE + (_unpack.__doc__ or ""),
+    )
 
 
 def from_mpi(datatype: Any) -> Type:
