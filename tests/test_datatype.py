@@ -230,3 +230,23 @@ def test_the_fast_path_hands_every_doubtful_call_to_the_checks() -> None:
     uncommitted = dt.vector(4, 1, 4, dt.INT)
     with pytest.raises(InvalidArgumentError, match="not committed"):
         dt.pack(data, uncommitted, 1, np.zeros(16, np.uint8))
+
+
+@pytest.mark.parametrize("block", [1, 2, 4, 8, 12, 64, 100])
+@pytest.mark.parametrize("rows", [33, 38, 101])
+def test_rows_far_apart_take_the_prefetching_loop_and_stay_exact(block, rows) -> None:
+    # Rows 64 KiB apart span more than the caches: the copy prefetches ahead and moves four rows a
+    # step, with a tail that is not a multiple of four.
+    stride = 64 * 1024
+    t = dt.hvector(rows, 1, stride, dt.contiguous(block, dt.BYTE)).commit()
+    data = np.random.default_rng(rows * block).integers(0, 256, (rows - 1) * stride + block, dtype=np.uint8)
+    expected = np.lib.stride_tricks.as_strided(data, shape=(rows, block), strides=(stride, 1)).tobytes()
+    packed = dt.pack(data, t)
+    assert packed.tobytes() == expected
+    target = np.zeros_like(data)
+    dt.unpack(packed, target, t)
+    assert (
+        np.lib.stride_tricks.as_strided(target, shape=(rows, block), strides=(stride, 1)).tobytes()
+        == expected
+    )
+    assert int(target.sum()) == int(np.frombuffer(expected, np.uint8).sum())  # nothing else written

@@ -32,12 +32,17 @@ void copy_rows_fixed(std::byte* packed, std::byte* strided, std::int64_t rows, s
   std::int64_t i = 0;
   if (far_apart(rows, stride)) {
     // Prefetching past the last row is harmless (a prefetch never faults), but not needed.
-    for (; i < rows - kPrefetchRows; ++i) {
-      __builtin_prefetch(strided + (i + kPrefetchRows) * stride, kPack ? 0 : 1);
-      if constexpr (kPack) {
-        std::memcpy(packed + i * kBlock, strided + i * stride, kBlock);
-      } else {
-        std::memcpy(strided + i * stride, packed + i * kBlock, kBlock);
+    // Four rows a step, their loads issued before their stores, so several misses are in flight.
+    for (; i + 4 <= rows - kPrefetchRows; i += 4) {
+      for (std::int64_t k = 0; k < 4; ++k) {
+        __builtin_prefetch(strided + (i + k + kPrefetchRows) * stride, kPack ? 0 : 1);
+      }
+      unsigned char rows_data[4][kBlock];
+      for (std::int64_t k = 0; k < 4; ++k) {
+        std::memcpy(rows_data[k], kPack ? strided + (i + k) * stride : packed + (i + k) * kBlock, kBlock);
+      }
+      for (std::int64_t k = 0; k < 4; ++k) {
+        std::memcpy(kPack ? packed + (i + k) * kBlock : strided + (i + k) * stride, rows_data[k], kBlock);
       }
     }
   }
