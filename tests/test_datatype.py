@@ -168,6 +168,10 @@ def test_errors_name_what_is_wrong() -> None:
         (lambda: dt.darray(2, 0, [8], ["block"], [2], [2], dt.INT), "does not cover"),
         (lambda: dt.darray(2, 5, [8], ["block"], [-1], [2], dt.INT), "rank must be in"),
         (lambda: dt.hvector(1 << 40, 1 << 30, 1 << 30, dt.DOUBLE), "overflows"),
+        # Nothing is truncated to fit: a float count or displacement is refused.
+        (lambda: dt.vector(2.5, 1, 1, dt.INT), "count must be an int"),
+        (lambda: dt.indexed([1.5], [0], dt.INT), "sequence of integers, got float64"),
+        (lambda: dt.resized(dt.INT, 0, "4"), "extent must be an int"),
     ],
 )
 def test_constructors_reject_what_mpi_rejects(build, message) -> None:

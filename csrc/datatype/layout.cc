@@ -94,12 +94,10 @@ bool merge_into(Segment& last, const Segment& next) {
     return true;
   }
   // `next` continues a run of copies: last = loop (k, d) over X, next = X at last.offset + k * d.
-  if (!last.dims.empty()) {
-    Segment single = last;
-    const Dim run = single.dims.front();
-    single.dims.erase(single.dims.begin());
-    if (same_shape(single, next) &&
-        next.offset == checked_add(last.offset, checked_multiply(run.count, run.stride))) {
+  if (!last.dims.empty() && last.block == next.block && last.dims.size() == next.dims.size() + 1 &&
+      std::equal(last.dims.begin() + 1, last.dims.end(), next.dims.begin()) && same_body(last, next)) {
+    const Dim run = last.dims.front();
+    if (next.offset == checked_add(last.offset, checked_multiply(run.count, run.stride))) {
       last.dims.front().count += 1;
       normalise(last);
       return true;
@@ -193,16 +191,15 @@ Layout shift_layout(const Layout& inner, std::int64_t offset) {
 }
 
 void append_layout(Layout& into, const Layout& more) {
+  auto& segments = into.segments;
   for (const Segment& segment : more.segments) {
-    if (into.segments.empty() || !merge_into(into.segments.back(), segment)) into.segments.push_back(segment);
+    if (segments.empty() || !merge_into(segments.back(), segment)) {
+      segments.push_back(segment);
+      continue;
+    }
     // A merge can make the last segment continue the run before it (blocks 0+4, then 8: the first
     // two fold into one 8-byte block that the third extends).
-    while (into.segments.size() >= 2) {
-      Segment last = into.segments.back();
-      Segment& before = into.segments[into.segments.size() - 2];
-      if (!merge_into(before, last)) break;
-      into.segments.pop_back();
-    }
+    while (segments.size() >= 2 && merge_into(segments[segments.size() - 2], segments.back())) segments.pop_back();
   }
   into.packed_bytes = checked_add(into.packed_bytes, more.packed_bytes);
 }

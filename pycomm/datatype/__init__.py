@@ -177,25 +177,51 @@ def _native(old: Any, role: str = "oldtype") -> Any:
 
 
 def _integers(values: Sequence[int], role: str) -> list[int]:
+    """A flat list of ints; floats and other kinds are refused, not truncated."""
     try:
-        return [int(value) for value in np.asarray(values, dtype=np.int64).reshape(-1)]
-    except (TypeError, ValueError, OverflowError) as error:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as error:
         raise InvalidArgumentError(f"{role} must be a sequence of integers: {error}") from error
+    if array.size and (array.dtype.kind not in "iu" or array.dtype == np.bool_):
+        raise InvalidArgumentError(f"{role} must be a sequence of integers, got {array.dtype} values")
+    if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise InvalidArgumentError(f"{role}: a value does not fit in 64 bits")
+    return array.astype(np.int64).reshape(-1).tolist()
+
+
+def _integer(value: int, role: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{role} must be an int, got {value!r}")
+    return int(value)
 
 
 # --- constructors (MPI_Type_create_* ; counts in the units MPI uses) -------------------------------
 def contiguous(count: int, oldtype: Type) -> Type:
-    return Type(_datatype.contiguous(int(count), _native(oldtype)))
+    return Type(_datatype.contiguous(_integer(count, "count"), _native(oldtype)))
 
 
 def vector(count: int, blocklength: int, stride: int, oldtype: Type) -> Type:
     """``count`` blocks of ``blocklength`` elements, ``stride`` elements apart."""
-    return Type(_datatype.vector(int(count), int(blocklength), int(stride), _native(oldtype)))
+    return Type(
+        _datatype.vector(
+            _integer(count, "count"),
+            _integer(blocklength, "blocklength"),
+            _integer(stride, "stride"),
+            _native(oldtype),
+        )
+    )
 
 
 def hvector(count: int, blocklength: int, stride: int, oldtype: Type) -> Type:
     """Like :func:`vector` with ``stride`` in bytes."""
-    return Type(_datatype.hvector(int(count), int(blocklength), int(stride), _native(oldtype)))
+    return Type(
+        _datatype.hvector(
+            _integer(count, "count"),
+            _integer(blocklength, "blocklength"),
+            _integer(stride, "stride"),
+            _native(oldtype),
+        )
+    )
 
 
 def indexed(blocklengths: Sequence[int], displacements: Sequence[int], oldtype: Type) -> Type:
@@ -221,14 +247,16 @@ def hindexed(blocklengths: Sequence[int], displacements: Sequence[int], oldtype:
 
 def indexed_block(blocklength: int, displacements: Sequence[int], oldtype: Type) -> Type:
     return Type(
-        _datatype.indexed_block(int(blocklength), _integers(displacements, "displacements"), _native(oldtype))
+        _datatype.indexed_block(
+            _integer(blocklength, "blocklength"), _integers(displacements, "displacements"), _native(oldtype)
+        )
     )
 
 
 def hindexed_block(blocklength: int, displacements: Sequence[int], oldtype: Type) -> Type:
     return Type(
         _datatype.hindexed_block(
-            int(blocklength), _integers(displacements, "displacements"), _native(oldtype)
+            _integer(blocklength, "blocklength"), _integers(displacements, "displacements"), _native(oldtype)
         )
     )
 
@@ -277,8 +305,8 @@ def darray(
     (:data:`DISTRIBUTE_DFLT_DARG` for MPI's default)."""
     return Type(
         _datatype.darray(
-            int(size),
-            int(rank),
+            _integer(size, "size"),
+            _integer(rank, "rank"),
             _integers(gsizes, "gsizes"),
             [str(d) for d in distribs],
             _integers(dargs, "dargs"),
@@ -291,7 +319,7 @@ def darray(
 
 def resized(oldtype: Type, lb: int, extent: int) -> Type:
     """MPI_Type_create_resized: the same data with lower bound ``lb`` and extent ``extent``."""
-    return Type(_datatype.resized(int(lb), int(extent), _native(oldtype)))
+    return Type(_datatype.resized(_integer(lb, "lb"), _integer(extent, "extent"), _native(oldtype)))
 
 
 def dup(oldtype: Type) -> Type:
