@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pycomm.cli import bench, info, interpose, master, planned, stress, tune
+from pycomm.cli import bench, info, interpose, master, planned, stress, topo, tune
 from pycomm.errors import PycommError
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     stress.register(subparsers)
     interpose.register(subparsers)
     tune.register(subparsers)
+    topo.register(subparsers)
     planned.register(subparsers)
     return parser
 

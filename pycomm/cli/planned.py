@@ -11,9 +11,7 @@ from typing import Any
 
 from pycomm.errors import NotSupportedError
 
-PLANNED = {
-    "topo": "topology, partition plans and the cost model",
-}
+PLANNED: dict[str, str] = {}
 
 
 def register(subparsers: Any) -> None:
