@@ -203,14 +203,6 @@ def test_plot_without_matplotlib_fails_before_measuring(
     assert "measuring" not in stderr and stdout == ""
 
 
-@pytest.mark.parametrize("benchmark", ["hier"])
-def test_unshipped_benchmarks_say_so(benchmark: str) -> None:
-    for extra in ([], ["--sizes", "4KiB", "--ranks", "4"]):
-        status, _, stderr = run_cli("bench", benchmark, *extra)
-        assert status != 0
-        assert "not part of this version of pycomm yet" in stderr
-
-
 def test_reduce_refuses_unknown_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "reduce", "--quick", "--no-such-option"])

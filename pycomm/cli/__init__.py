@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pycomm.cli import bench, info, interpose, master, planned, stress, topo, tune
+from pycomm.cli import bench, info, interpose, master, stress, topo, tune
 from pycomm.errors import PycommError
 
 
@@ -28,16 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     interpose.register(subparsers)
     tune.register(subparsers)
     topo.register(subparsers)
-    planned.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Commands of later versions take their future options without complaint (see planned.py).
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(args, "accepts_any_arguments", False):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except PycommError as error:

@@ -5,10 +5,11 @@ content hash) against numpy, with memcpy of the same size as the bound. ``bench 
 pycomm.ft's all-reduce against MPICH (mpi4py) and gloo (torch.distributed) on 2 and 4 local peers,
 and pycomm's recovery, join and eviction times. ``bench pack`` times datatype pack and unpack
 against MPICH's MPI_Pack (mpi4py), a numpy strided copy and memcpy on TEMPI's shapes, plus type
-commit times (and, on request, the GPU kernels and a halo exchange under the MPI interposer). The
-harness and the cases live in :mod:`pycomm.benchmarks`; this module only reads options and writes
-the output. The other benchmarks of the documented interface are listed but fail clearly until
-they ship.
+commit times (and, on request, the GPU kernels and a halo exchange under the MPI interposer).
+``bench hier`` times pycomm.hier's hierarchical and quantized all-gather and reduce-scatter against
+MPI's flat ones on 8 ranks laid out 2 x 2 x 2, with the bytes sent per level against the plan's
+formulas. The harness and the cases live in :mod:`pycomm.benchmarks`; this module only reads options
+and writes the output.
 """
 
 from __future__ import annotations
@@ -19,14 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from pycomm import kernels
 from pycomm.cli.output import add_json_option, write_json
-from pycomm.errors import InvalidArgumentError, NotSupportedError
+from pycomm.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from pycomm.benchmarks import Bound, Case, CaseResult, Settings
-
-PLANNED = {
-    "hier": "hierarchical all-gather / reduce-scatter against flat collectives",
-}
 
 
 def register(subparsers: Any) -> None:
@@ -39,20 +36,7 @@ def register(subparsers: Any) -> None:
     _register_reduce(benchmarks)
     _register_allreduce(benchmarks)
     _register_pack(benchmarks)
-    for name, purpose in PLANNED.items():
-        planned = benchmarks.add_parser(
-            name,
-            help=f"{purpose} (not in this version yet)",
-            description=f"{purpose}: not part of this version of pycomm yet.",
-        )
-        # Future options are accepted and ignored, so any invocation reaches the clear message below.
-        planned.set_defaults(run=_not_yet, purpose=purpose, accepts_any_arguments=True)
-
-
-def _not_yet(args: argparse.Namespace) -> int:
-    raise NotSupportedError(
-        f"'pycomm bench {args.benchmark}' ({args.purpose}) is not part of this version of pycomm yet"
-    )
+    _register_hier(benchmarks)
 
 
 def _register_reduce(benchmarks: Any) -> None:
@@ -409,3 +393,70 @@ def _run_pack(args: argparse.Namespace) -> int:
         print(suite.format_report(document))
     # A shape whose engines disagree was not timed: the run did not measure what it claims.
     return 1 if document["failures"] else 0
+
+
+def _register_hier(benchmarks: Any) -> None:
+    from pycomm.benchmarks import hier as suite
+    from pycomm.benchmarks.units import format_size
+
+    sizes = ",".join(format_size(s).replace(" ", "") for s in suite.DEFAULT_SIZES)
+    parser = benchmarks.add_parser(
+        "hier",
+        help="hierarchical all-gather / reduce-scatter (plain, int8, int4) against MPI's flat ones",
+        description=(
+            "Under mpiexec -n 8 on a fake 2 x 2 x 2 topology: pycomm.hier.HierComm's all-gather, int8 "
+            "all-gather (qwZ), reduce-scatter and int4 two-hop reduce-scatter (qgZ) against "
+            "MPI_Allgather / MPI_Reduce_scatter_block over the same ranks, repetitions interleaved; "
+            "medians, ratios hierarchical/flat, the bytes sent per level against the plan's formulas, "
+            "and pycomm.kernels quantize / dequantize GB/s."
+        ),
+    )
+    parser.add_argument(
+        "--sizes",
+        metavar="LIST",
+        help=f"float32 bytes one rank gathers into or reduce-scatters, binary units (default {sizes})",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="measured repetitions per collective; figures are medians (default 5; --quick: 2)",
+    )
+    parser.add_argument(
+        "--min-time-ms",
+        type=float,
+        metavar="MS",
+        help="shortest repetition (default 20; --quick: 1)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="two tiny sizes, short repetitions (tests, CI; seconds)"
+    )
+    add_json_option(parser)
+    parser.set_defaults(run=_run_hier)
+
+
+def _run_hier(args: argparse.Namespace) -> int:
+    from pycomm.benchmarks import hier as suite
+    from pycomm.benchmarks import parse_sizes
+
+    quick = args.quick
+    if args.sizes:
+        sizes = parse_sizes(args.sizes)
+    else:
+        sizes = list(suite.QUICK_SIZES if quick else suite.DEFAULT_SIZES)
+    repeat = args.repeat if args.repeat is not None else (2 if quick else 5)
+    if repeat < 1:
+        raise InvalidArgumentError(f"--repeat must be at least 1, got {repeat}")
+    min_time_ms = args.min_time_ms if args.min_time_ms is not None else (1.0 if quick else 20.0)
+    if not min_time_ms > 0:
+        raise InvalidArgumentError(f"--min-time-ms must be positive, got {min_time_ms}")
+    document = suite.run_hier(
+        sizes, repeat, min_time_ms / 1000, progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    document["settings"]["quick"] = quick
+    if args.json:
+        write_json(args.json, document)
+    if args.json != "-":
+        print(suite.format_report(document))
+    # Bytes that differ from the formula mean the plan's per-level figures are not what is sent.
+    return 0 if all(row["bytes_match"] for row in document["collectives"]) else 1

@@ -239,8 +239,9 @@ def predict(
             f"{level.name}: {level.ring_bandwidth / GB:g} GB/s per rank, {level.latency * 1e6:g} us"
             for level in topology.levels
         ),
-        "collectives": "hierarchical rings, one level after another; reduce-scatter inner level first, "
-        "all-gather outer level first",
+        "collectives": "as HierComm runs them (pycomm.hier._volume): one level after another, reduce-scatter "
+        "inner level first, all-gather outer level first; qgZ in two all-to-all hops (all inner levels "
+        "together, then the outermost)",
     }
     return Prediction(
         scheme=plan.scheme,

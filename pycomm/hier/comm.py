@@ -53,7 +53,8 @@ Byte counters: ``stats[level]["sent_bytes"]`` adds the bytes this rank sends to 
 digit that differs from its own is that level (the link the message crosses), as the logical volume
 of each step: ``(fanout - 1) * block`` for an all-gather step whose block is what this rank holds,
 ``(fanout - 1) / fanout`` of the buffer for a reduce-scatter step. ``calls`` counts the steps that
-sent bytes across the level.
+sent bytes across the level. :mod:`pycomm.hier._volume` gives the same bytes per level as formulas
+(and owns the record and block layout used here), which is what a plan's bytes per level add up.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ import numpy as np
 from pycomm import kernels
 from pycomm._arrays import FLOAT_DTYPES, as_array, as_output, check_integer, empty
 from pycomm.errors import InvalidArgumentError, PycommError
+from pycomm.hier import _volume
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -228,8 +230,8 @@ class HierComm:
         quantized = kernels.quantize(flat, scheme, self._block_size, dtype=name)
         data_bytes = quantized.data.nbytes
         # Data and scales travel as one record a rank; the scales start 4-byte aligned so that each
-        # gathered record's scales can be viewed as float32 in place.
-        scales_at = -(-data_bytes // 4) * 4
+        # gathered record's scales can be viewed as float32 in place (the layout _volume counts).
+        scales_at = _volume.scales_offset(data_bytes)
         record = np.zeros(scales_at + quantized.scales.nbytes, np.uint8)
         record[:data_bytes] = _bytes(quantized.data)
         record[scales_at:] = _bytes(quantized.scales)
@@ -386,8 +388,8 @@ class HierComm:
         else:
             inner, outer, nodes = (), -1, 1
         columns = math.prod(self._fanouts[level] for level in inner)
-        block = min(self._block_size, chunk + chunk % 2)
-        padded_chunk = -(-chunk // block) * block
+        block = _volume.qgz_block(chunk, self._block_size)
+        padded_chunk = _volume.whole_blocks(chunk, block)
         # work[i, j] is the chunk of the rank at inner position i on node j (rank order p = i + columns
         # * j), zero-padded to whole blocks: hop 1 sends row i to inner peer i, hop 2 sends the summed
         # chunk j to node j, after which every rank holds its own chunk of the flat layout.

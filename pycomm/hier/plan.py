@@ -20,9 +20,12 @@ differ, each with its own quantizer (policy keys ``gradient_sync`` and ``paramet
 reduction of the accumulated gradients over the levels above the gradient span, and the all-gather of
 the updated weights from the optimizer shards into the weight partition.
 
-All collectives are hierarchical and bandwidth-optimal: one ring per level, reduce-scatter innermost
-level first, all-gather outermost first, so the slow outer links carry the least. The cost model
-(:meth:`ZeroPlan.predict`) lives in :mod:`pycomm.hier._cost`.
+All collectives are hierarchical, as :class:`~pycomm.hier.comm.HierComm` runs them: one collective
+per level, reduce-scatter innermost level first, all-gather outermost first, so the slow outer links
+carry the least; a quantized reduce-scatter is qgZ's two hops (an all-to-all over all levels but the
+outermost together, then one across the outermost). The bytes each level carries come from
+:mod:`pycomm.hier._volume`, the formulas of what HierComm sends, padding and scales included. The
+cost model (:meth:`ZeroPlan.predict`) lives in :mod:`pycomm.hier._cost`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from pycomm.errors import InvalidArgumentError
+from pycomm.hier import _volume
 from pycomm.hier.topology import Topology
 
 QUANTIZERS: dict[str | None, float | None] = {None: None, "int8": 1.0, "int4": 0.5}
@@ -59,7 +63,8 @@ class Transfer:
     ``operation`` is ``"all_gather"``, ``"reduce_scatter"`` or ``"all_reduce"`` of the whole model's
     ``elements`` (each rank holds its share at the levels below ``levels[0]``); ``wire_bytes`` and
     ``source_bytes`` are the bytes per element on the wire and in memory; ``per_micro_step`` tells
-    whether it runs every micro-step or once per optimizer step.
+    whether it runs every micro-step or once per optimizer step; ``block_size`` is the elements per
+    float32 scale of a quantized collective.
     """
 
     phase: str
@@ -70,17 +75,41 @@ class Transfer:
     source_bytes: float
     quantizer: str | None
     per_micro_step: bool
+    block_size: int = 256
+
+    def count(self, topology: Topology) -> int:
+        """Elements each rank passes to the collective: its shard of the model for an all-gather
+        (``ceil(n / |span(last level)|)``), else the part of the model it holds when the collective
+        starts (``ceil(n / |span(first level - 1)|)``, the whole model from level 0)."""
+        if self.operation == "all_gather":
+            return -(-self.elements // topology.span_size(self.levels[-1]))
+        first = self.levels[0]
+        return -(-self.elements // topology.span_size(first - 1)) if first > 0 else self.elements
+
+    def sent_per_level(self, topology: Topology) -> list[float]:
+        """Bytes one rank sends over each level's links (one entry a topology level), from
+        :func:`pycomm.hier._volume.sent_per_level`: what :class:`~pycomm.hier.comm.HierComm` sends
+        for this collective, padding and quantization scales included. For an unquantized
+        collective over levels ``a..b`` whose sizes divide evenly it is, at level ``i``::
+
+            n * w * (f_i - 1) / (f_0 * f_1 * ... * f_i)      (all-gather, reduce-scatter)
+
+        twice that for an all-reduce, the same whichever levels the collective starts from, because
+        a rank holds ``1 / (f_0 * ... * f_(i-1))`` of the model when level ``i`` runs."""
+        fanouts = [topology.levels[index].fanout for index in self.levels]
+        sent = _volume.sent_per_level(
+            self.operation, fanouts, self.count(topology), self.source_bytes, self.quantizer, self.block_size
+        )
+        result = [0.0] * len(topology.levels)
+        for index, volume in zip(self.levels, sent):
+            result[index] = volume
+        return result
 
     def bytes_at(self, topology: Topology, level: int) -> float:
-        """Bytes one rank sends over the links of ``level``:
-        ``elements * wire_bytes * (f_level - 1) / (f_0 * ... * f_level)``, twice that for an
-        all-reduce. It is the same whichever levels the collective starts from, because a rank
-        holds ``1 / (f_0 * ... * f_(level-1))`` of the model when its ring at ``level`` runs."""
+        """Bytes one rank sends over the links of ``level`` (see :meth:`sent_per_level`)."""
         if level not in self.levels:
             return 0.0
-        fanout = topology.levels[level].fanout
-        volume = self.elements * self.wire_bytes * (fanout - 1) / topology.span_size(level)
-        return 2 * volume if self.operation == "all_reduce" else volume
+        return self.sent_per_level(topology)[level]
 
     def quantize_elements(self, topology: Topology) -> float:
         """Elements one rank quantizes plus dequantizes in this collective (0 unquantized).
@@ -124,7 +153,7 @@ class ZeroPlan:
     - ``zero3``: everything over the whole world, 16-bit on the wire (ZeRO stage 3);
     - ``zeropp``: ZeRO++ — forward gather over the world in int8 (qwZ), backward gather from a
       secondary partition over ``node`` (hpZ), gradients reduce-scattered over the world in int4 with
-      a dequantize-sum-requantize at each level (qgZ: two hops on a two-level topology), optimizer
+      qgZ's two hops (an all-to-all inside the node, then one across nodes, re-quantized), optimizer
       over the world;
     - ``mics``: MiCS — weights, gradients and optimizer sharded within ``node`` (the partition group);
       the accumulated gradients are all-reduced across partition groups once per optimizer step;
@@ -235,7 +264,17 @@ class ZeroPlan:
             if len(levels) and any(self.topology.levels[i].fanout > 1 for i in levels):
                 wire = self.wire_bytes_per_element(quantizer, source)
                 result.append(
-                    Transfer(phase, operation, tuple(levels), self.n_params, wire, source, quantizer, micro)
+                    Transfer(
+                        phase,
+                        operation,
+                        tuple(levels),
+                        self.n_params,
+                        wire,
+                        source,
+                        quantizer,
+                        micro,
+                        self.quantization_block,
+                    )
                 )
 
         add("forward_gather", "all_gather", range(forward.level + 1), forward.quantizer, weights, True)
@@ -297,24 +336,21 @@ class ZeroPlan:
         micro-steps, by phase (forward_gather, backward_gather, gradient_reduce, gradient_sync,
         parameter_update) and in ``total``.
 
-        A collective over levels ``a..b`` of the whole model (``n`` elements of ``w`` bytes on the
-        wire) sends at level ``i`` in ``a..b``::
-
-            n * w * (f_i - 1) / (f_0 * f_1 * ... * f_i)      (all-gather, reduce-scatter)
-            2 * n * w * (f_i - 1) / (f_0 * f_1 * ... * f_i)  (all-reduce)
-
-        (the bandwidth-optimal ring volume, ``(k-1)/k`` of what it holds at that level). Micro-step
+        Each row is the sum over :meth:`transfers` of :meth:`Transfer.sent_per_level` (HierComm's
+        exact bytes: for unquantized sizes that divide evenly, ``n * w * (f_i - 1) / (f_0 * ... *
+        f_i)`` at level ``i`` per gather or reduce-scatter, twice that per all-reduce). Micro-step
         phases count ``micro_steps`` times; gradient_sync and parameter_update once.
         """
         micro_steps = _check_micro_steps(micro_steps)
-        rows = []
-        for index, level in enumerate(self.topology.levels):
-            row: dict[str, Any] = {"level": level.name, **{phase: 0.0 for phase in PHASES}}
-            for transfer in self.transfers():
-                times = micro_steps if transfer.per_micro_step else 1
-                row[transfer.phase] += times * transfer.bytes_at(self.topology, index)
+        rows: list[dict[str, Any]] = [
+            {"level": level.name, **{phase: 0.0 for phase in PHASES}} for level in self.topology.levels
+        ]
+        for transfer in self.transfers():
+            times = micro_steps if transfer.per_micro_step else 1
+            for row, sent in zip(rows, transfer.sent_per_level(self.topology)):
+                row[transfer.phase] += times * sent
+        for row in rows:
             row["total"] = sum(row[phase] for phase in PHASES)
-            rows.append(row)
         return rows
 
     def bytes_leaving(self, level: int | str = -1, micro_steps: int = 1) -> float:
