@@ -224,6 +224,16 @@ def test_the_fast_path_hands_every_doubtful_call_to_the_checks() -> None:
         dt.pack(data[:10], t, 1, np.zeros(16, np.uint8))
     with pytest.raises(InvalidArgumentError, match="count must be >= 0"):
         dt.pack(data, t, -1, np.zeros(16, np.uint8))
+    # Counts whose bytes overflow 64 bits are refused, not wrapped (2^61 x 8 bytes would be 0 bytes).
+    for count in (2**61, 2**62):
+        with pytest.raises(InvalidArgumentError, match="do not fit 64-bit"):
+            dt.pack(data, t, count, np.zeros(16, np.uint8))
+        with pytest.raises(InvalidArgumentError, match="do not fit 64-bit"):
+            dt.pack(data, t, count)
+        with pytest.raises(InvalidArgumentError, match="do not fit 64-bit"):
+            dt.unpack(np.zeros(16, np.uint8), data.copy(), t, count)
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        dt.pack(data, t, 2**40)  # refused before an output of 8 TiB is allocated
     with pytest.raises(InvalidArgumentError, match="are needed"):
         dt.unpack(np.zeros(8, np.uint8), data.copy(), t, 1)
     t.free()

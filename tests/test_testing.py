@@ -39,6 +39,7 @@ from pycomm.testing import (
     spawn_process,
 )
 from pycomm.testing import environment as harness_environment
+from pycomm.testing.ft import wait_until
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -138,14 +139,6 @@ def sleep_forever() -> None:
 
 
 # ----- helpers -----
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.01)
 
 
 def line_count(path: Path) -> int:

@@ -47,6 +47,15 @@ Distribution distribution_from_name(const std::string& name) {
 
 void check_count(std::int64_t count) { PYCOMM_ENFORCE(count >= 0, "count must be >= 0, got ", count); }
 
+// `count` objects of `type`, checked to fit 64-bit byte arithmetic.
+Objects checked_objects(const Type& type, std::int64_t count) {
+  check_count(count);
+  const Objects objects{&type.layout(), count, type.extent()};
+  PYCOMM_ENFORCE(datatype::fits_in_64_bits(objects), count, " objects of this type (", type.size(),
+                 " bytes each, extent ", type.extent(), ") do not fit 64-bit byte offsets");
+  return objects;
+}
+
 // max_bytes < 0 asks for everything from `first` on (what the Python layer passes by default, so it
 // need not look up the type's size first).
 std::int64_t bytes_wanted(const Objects& objects, std::int64_t first, std::int64_t max_bytes) {
@@ -121,7 +130,7 @@ py::object strided_form(const Type& type) {
 // One row per strided piece of `count` objects: [packed offset, offset, block, (count, stride) per
 // loop, outermost first, padded on the outside with (1, 0)]. What the GPU kernels walk.
 py::array_t<std::int64_t> flat_table(const Type& type, std::int64_t count, std::int64_t max_rows) {
-  check_count(count);
+  checked_objects(type, count);
   const Layout layout = datatype::repeat_layout(type.layout(), count, type.extent());
   const auto blocks = datatype::flatten_layout(layout, max_rows);
   std::size_t dims = 1;
@@ -189,8 +198,7 @@ void bind_datatype(py::module_& m) {
       .def("flat_table", &flat_table, py::arg("count") = 1, py::arg("max_rows") = std::int64_t{1} << 22)
       .def("span",
            [](const Type& t, std::int64_t count) {
-             check_count(count);
-             const auto touched = datatype::span(Objects{&t.layout(), count, t.extent()}, t.touched());
+             const auto touched = datatype::span(checked_objects(t, count), t.touched());
              return py::make_tuple(touched.begin, touched.end);
            },
            py::arg("count") = 1);
@@ -251,8 +259,7 @@ void bind_datatype(py::module_& m) {
       "pack",
       [](const Type& type, py::handle source, std::int64_t count, py::handle out, std::int64_t origin_offset,
          std::int64_t first, std::int64_t max_bytes) {
-        check_count(count);
-        const Objects objects{&type.layout(), count, type.extent()};
+        const Objects objects = checked_objects(type, count);
         const std::int64_t wanted = bytes_wanted(objects, first, max_bytes);
         const ContiguousBytes data(source, false, "buf");
         const ContiguousBytes packed(out, true, "out");
@@ -270,8 +277,7 @@ void bind_datatype(py::module_& m) {
       "unpack",
       [](const Type& type, py::handle packed, py::handle target, std::int64_t count, std::int64_t origin_offset,
          std::int64_t first, std::int64_t max_bytes) {
-        check_count(count);
-        const Objects objects{&type.layout(), count, type.extent()};
+        const Objects objects = checked_objects(type, count);
         const std::int64_t wanted = bytes_wanted(objects, first, max_bytes);
         const ContiguousBytes in(packed, false, "packed");
         const ContiguousBytes data(target, true, "buf");

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "datatype/pack.h"
@@ -66,6 +67,27 @@ const Type* native_type(PyObject* type) {
   return native;
 }
 
+// `count` objects of `type` whose data all lies in `buffer` (the origin at its start), or nothing:
+// the checked path then says what is wrong.
+std::optional<Objects> objects_inside(const Type& type, std::int64_t count, const HeldBuffer& buffer) {
+  const Objects objects{&type.layout(), count, type.extent()};
+  if (!datatype::fits_in_64_bits(objects)) return std::nullopt;
+  const datatype::Span touched = datatype::span(objects, type.touched());
+  if (touched.begin != touched.end && (touched.begin < 0 || touched.end > buffer.bytes())) return std::nullopt;
+  return objects;
+}
+
+// Runs a copy of `bytes`, without the GIL when it is large.
+template <typename Copy>
+void run_copy(std::int64_t bytes, Copy copy) {
+  if (bytes > kReleaseGilBytes) {
+    Py_BEGIN_ALLOW_THREADS copy();
+    Py_END_ALLOW_THREADS
+  } else {
+    copy();
+  }
+}
+
 bool small_count(PyObject* object, std::int64_t* count) {
   if (!PyLong_CheckExact(object)) return false;
   int overflow = 0;
@@ -88,18 +110,12 @@ PyObject* fast_pack(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject
   if (!data.acquire(args[0], false) || !out.acquire(args[3], true)) {
     return fall_back(pack_fallback, args, nargs, kwnames);
   }
-  const Objects objects{&type->layout(), count, type->extent()};
-  const datatype::Span touched = datatype::span(objects, type->touched());
-  const std::int64_t wanted = objects.packed_bytes();
-  const bool fits = (touched.begin == touched.end || (touched.begin >= 0 && touched.end <= data.bytes())) &&
-                    out.bytes() == wanted;
-  if (!fits) return fall_back(pack_fallback, args, nargs, kwnames);  // trims, or says what is wrong
-  if (wanted > kReleaseGilBytes) {
-    Py_BEGIN_ALLOW_THREADS datatype::pack(objects, data.data(), out.data(), 0, wanted);
-    Py_END_ALLOW_THREADS
-  } else {
-    datatype::pack(objects, data.data(), out.data(), 0, wanted);
+  const auto objects = objects_inside(*type, count, data);
+  // An output of another size is trimmed, or refused, by the checked path.
+  if (!objects.has_value() || out.bytes() != objects->packed_bytes()) {
+    return fall_back(pack_fallback, args, nargs, kwnames);
   }
+  run_copy(out.bytes(), [&] { datatype::pack(*objects, data.data(), out.data(), 0, out.bytes()); });
   Py_INCREF(args[3]);
   return args[3];
 }
@@ -115,18 +131,12 @@ PyObject* fast_unpack(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObje
   if (!in.acquire(args[0], false) || !data.acquire(args[1], true)) {
     return fall_back(unpack_fallback, args, nargs, kwnames);
   }
-  const Objects objects{&type->layout(), count, type->extent()};
-  const datatype::Span touched = datatype::span(objects, type->touched());
-  const std::int64_t wanted = objects.packed_bytes();
-  const bool fits = (touched.begin == touched.end || (touched.begin >= 0 && touched.end <= data.bytes())) &&
-                    in.bytes() >= wanted;
-  if (!fits) return fall_back(unpack_fallback, args, nargs, kwnames);
-  if (wanted > kReleaseGilBytes) {
-    Py_BEGIN_ALLOW_THREADS datatype::unpack(objects, in.data(), data.data(), 0, wanted);
-    Py_END_ALLOW_THREADS
-  } else {
-    datatype::unpack(objects, in.data(), data.data(), 0, wanted);
+  const auto objects = objects_inside(*type, count, data);
+  if (!objects.has_value() || in.bytes() < objects->packed_bytes()) {
+    return fall_back(unpack_fallback, args, nargs, kwnames);
   }
+  const std::int64_t wanted = objects->packed_bytes();
+  run_copy(wanted, [&] { datatype::unpack(*objects, in.data(), data.data(), 0, wanted); });
   return PyLong_FromLongLong(wanted);
 }
 

@@ -272,6 +272,14 @@ std::int64_t unpack(const Objects& objects, const std::byte* in, std::byte* orig
   return end - first;
 }
 
+bool fits_in_64_bits(const Objects& objects) {
+  if (objects.count <= 1) return true;
+  std::int64_t product = 0;
+  return !__builtin_mul_overflow(objects.count, objects.layout->packed_bytes, &product) &&
+         !__builtin_mul_overflow(objects.count - 1, objects.extent, &product) &&
+         !__builtin_add_overflow(product, objects.extent < 0 ? -objects.extent : objects.extent, &product);
+}
+
 Span span(const Objects& objects, const Span& one_object) {
   if (objects.count <= 0 || one_object.begin == one_object.end) return Span{};
   // Objects are copies of one another, `extent` apart: the first and the last bound the rest.

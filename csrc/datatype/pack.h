@@ -19,6 +19,11 @@ struct Objects {
   std::int64_t packed_bytes() const { return count * layout->packed_bytes; }
 };
 
+// Whether the packed size and the byte span of `objects` fit 64-bit arithmetic. Callers check this
+// before anything else: pack, unpack and span() assume it (a count of 2^61 objects of 8 bytes would
+// otherwise wrap to 0 bytes).
+bool fits_in_64_bits(const Objects& objects);
+
 // Packs packed bytes [first, first + max_bytes) of `objects` (clipped at the end of the data) from
 // the buffer at `origin` into `out`; returns the bytes written. No bounds are checked here: the
 // caller has checked that every byte the layout touches lies inside its buffer (see span()).

@@ -14,17 +14,8 @@ namespace {
 
 bool irecv_packed(std::byte* data, std::int64_t bytes, int source, int tag, MPI_Comm comm, MPI_Request* request,
                   int* result) {
-  if (fits_int(bytes)) {
-    if (auto real = PYCOMM_REAL(MPI_Irecv)) {
-      *result = real(data, static_cast<int>(bytes), MPI_PACKED, source, tag, comm, request);
-      return true;
-    }
-  }
-  if (auto real = PYCOMM_REAL(MPI_Irecv_c)) {
-    *result = real(data, bytes, MPI_PACKED, source, tag, comm, request);
-    return true;
-  }
-  return false;
+  const auto call = [&](auto real, auto count) { return real(data, count, MPI_PACKED, source, tag, comm, request); };
+  return call_with_byte_count(PYCOMM_REAL(MPI_Irecv), PYCOMM_REAL(MPI_Irecv_c), bytes, result, call);
 }
 
 bool irecv_here(Function function, void* buffer, std::int64_t count, MPI_Datatype datatype, int source, int tag,

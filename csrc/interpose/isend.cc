@@ -15,17 +15,10 @@ namespace {
 
 bool isend_packed(const std::byte* data, std::int64_t bytes, int destination, int tag, MPI_Comm comm,
                   MPI_Request* request, int* result) {
-  if (fits_int(bytes)) {
-    if (auto real = PYCOMM_REAL(MPI_Isend)) {
-      *result = real(data, static_cast<int>(bytes), MPI_PACKED, destination, tag, comm, request);
-      return true;
-    }
-  }
-  if (auto real = PYCOMM_REAL(MPI_Isend_c)) {
-    *result = real(data, bytes, MPI_PACKED, destination, tag, comm, request);
-    return true;
-  }
-  return false;
+  const auto call = [&](auto real, auto count) {
+    return real(data, count, MPI_PACKED, destination, tag, comm, request);
+  };
+  return call_with_byte_count(PYCOMM_REAL(MPI_Isend), PYCOMM_REAL(MPI_Isend_c), bytes, result, call);
 }
 
 // A send that completed inside MPI_Isend (an eager message) needs no table entry: its packed copy

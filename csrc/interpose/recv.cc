@@ -13,17 +13,8 @@ namespace {
 
 bool receive_packed(std::byte* data, std::int64_t bytes, int source, int tag, MPI_Comm comm, MPI_Status* status,
                     int* result) {
-  if (fits_int(bytes)) {
-    if (auto real = PYCOMM_REAL(MPI_Recv)) {
-      *result = real(data, static_cast<int>(bytes), MPI_PACKED, source, tag, comm, status);
-      return true;
-    }
-  }
-  if (auto real = PYCOMM_REAL(MPI_Recv_c)) {
-    *result = real(data, bytes, MPI_PACKED, source, tag, comm, status);
-    return true;
-  }
-  return false;
+  const auto call = [&](auto real, auto count) { return real(data, count, MPI_PACKED, source, tag, comm, status); };
+  return call_with_byte_count(PYCOMM_REAL(MPI_Recv), PYCOMM_REAL(MPI_Recv_c), bytes, result, call);
 }
 
 bool receive_here(Function function, void* buffer, std::int64_t count, MPI_Datatype datatype, int source, int tag,

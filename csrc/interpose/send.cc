@@ -12,17 +12,8 @@ namespace {
 // Sends packed bytes with the classic call where the count fits an int, else with MPI_Send_c.
 // False when neither can carry them (then nothing was sent).
 bool send_packed(const std::byte* data, std::int64_t bytes, int destination, int tag, MPI_Comm comm, int* result) {
-  if (fits_int(bytes)) {
-    if (auto real = PYCOMM_REAL(MPI_Send)) {
-      *result = real(data, static_cast<int>(bytes), MPI_PACKED, destination, tag, comm);
-      return true;
-    }
-  }
-  if (auto real = PYCOMM_REAL(MPI_Send_c)) {
-    *result = real(data, bytes, MPI_PACKED, destination, tag, comm);
-    return true;
-  }
-  return false;
+  const auto call = [&](auto real, auto count) { return real(data, count, MPI_PACKED, destination, tag, comm); };
+  return call_with_byte_count(PYCOMM_REAL(MPI_Send), PYCOMM_REAL(MPI_Send_c), bytes, result, call);
 }
 
 // True when pycomm sent the message (its MPI result in *result).

@@ -41,6 +41,9 @@ std::optional<PackedTransfer> plan_transfer(Part part, const void* buffer, std::
     return std::nullopt;
   }
   PackedTransfer transfer{std::move(type), buffer, count, 0};
+  if (!datatype::fits_in_64_bits(transfer.objects())) {
+    return std::nullopt;
+  }
   transfer.bytes = count * transfer.type->size;
   if (part == Part::message && transfer.bytes < active.min_bytes) {
     return std::nullopt;

@@ -67,6 +67,21 @@ std::int64_t received_bytes(const MPI_Status& status);
 // Whether `bytes` fits MPI's int count (the classic functions) or only the _c forms.
 inline bool fits_int(std::int64_t bytes) { return bytes <= INT_MAX; }
 
+// Moves `bytes` of MPI_PACKED data with the classic function where the count fits an int, else with
+// its _c form: `call(real, count)` makes the call. False when neither exists (nothing was called).
+template <typename Classic, typename Large, typename Call>
+bool call_with_byte_count(Classic classic, Large large, std::int64_t bytes, int* result, Call call) {
+  if (fits_int(bytes) && classic != nullptr) {
+    *result = call(classic, static_cast<int>(bytes));
+    return true;
+  }
+  if (large != nullptr) {
+    *result = call(large, static_cast<MPI_Count>(bytes));
+    return true;
+  }
+  return false;
+}
+
 // Reports an internal error that sent a call to MPI untouched (counted; printed when verbose).
 void note_fallback(Function function, const char* what);
 

@@ -423,6 +423,8 @@ def _pack(
     else:
         limit = int(max_bytes)
     if out is None:
+        # A pack of nothing checks buf, count and offset before the output is allocated.
+        _datatype.pack(native, buf, count, _NO_BYTES, offset, first, 0)
         total = count * native.size
         wanted = max(0, total - first if limit < 0 else min(total - first, limit))
         out = np.empty(wanted, dtype=np.uint8)
@@ -434,6 +436,9 @@ def _pack(
         return out if out.nbytes == written else _trimmed(out, written)
     written = _datatype.pack(native, buf, count, _as_bytes(out, "out", writable=True), offset, first, limit)
     return _trimmed(out, written)
+
+
+_NO_BYTES = np.empty(0, dtype=np.uint8)
 
 
 def _trimmed(out: Any, nbytes: int) -> Any:

@@ -17,6 +17,16 @@ from typing import Any, Callable
 from pycomm.errors import CommTimeout
 
 
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Polls `predicate` until it holds; raises CommTimeout naming `what` if it has not after
+    `timeout` seconds (a bound against a hang, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise CommTimeout(f"timed out after {timeout:g} s waiting until {what}")
+        time.sleep(0.01)
+
+
 def on_all(comms: Sequence[Any], fn: Callable[[Any], Any], timeout: float = 60.0) -> list[Any]:
     """fn(comm) on every communicator at once, one thread each; returns the results in order and
     raises the first exception any peer raised (after all threads ended)."""
