@@ -1,0 +1,229 @@
+"""Backend "pycomm" (MPI engine) against gloo, in the same mpiexec job: every rank initialises
+"pycomm" as the default group and a gloo group beside it, runs each operation on both with the same
+inputs, and returns what differed. Inputs are integer-valued, so every summation order gives the
+same exact result and the comparison is bitwise. A second pycomm group over a faked 2 x 2 topology
+runs the hierarchical path against the same gloo results.
+
+DDP and FSDP2 train the same model from the same seed on a pycomm group and on a gloo group: at 2
+ranks the parameters end bitwise equal (a sum of two floats has one order); at 4 ranks MPICH and gloo
+add the four gradients in different orders, so the parameters agree to float32 rounding, and each
+backend's parameters are identical on every rank.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+
+from pycomm.testing import run_mpi
+
+pytest.importorskip("torch")
+
+pytestmark = pytest.mark.mpi
+
+DTYPES = ("float32", "float64", "bfloat16", "float16", "int32", "int64", "int8", "uint8")
+HIERARCHY = [("gpu", 2), ("node", 2)]
+
+
+# -- run on every rank -----------------------------------------------------------------------------
+
+
+def _setup():
+    import torch
+    import torch.distributed as dist
+
+    import pycomm.torch  # noqa: F401
+
+    torch.set_num_threads(1)
+    dist.init_process_group("pycomm")
+    return dist.new_group(backend="gloo")
+
+
+def _inputs(dtype_name: str, rank: int, count: int, op: str = "sum"):
+    """Integer-valued data, different on each rank; small where products must stay exact."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    values = torch.arange(count) * (rank + 1) % (3 if op == "product" else 50)
+    if op == "product":
+        values = values + 1
+    if dtype_name == "int8":
+        values = values % 30
+    return values.to(dtype)
+
+
+def _reduce_ops(dtype_name: str) -> list[str]:
+    ops = ["sum", "product", "min", "max"]
+    if dtype_name.startswith(("int", "uint")):
+        ops += ["band", "bor", "bxor"]
+    return ops
+
+
+def _compare_group(group, gloo, name: str) -> tuple[int, list[str]]:
+    import torch
+    import torch.distributed as dist
+
+    rank, size = dist.get_rank(), dist.get_world_size()
+    compared, mismatches = 0, []
+
+    def check(what: str, ours, theirs) -> None:
+        nonlocal compared
+        compared += 1
+        ours = ours if isinstance(ours, (list, tuple)) else [ours]
+        theirs = theirs if isinstance(theirs, (list, tuple)) else [theirs]
+        if not all(torch.equal(a, b) for a, b in zip(ours, theirs)):
+            mismatches.append(f"{name}: {what}: {ours} != {theirs}")
+
+    def both(dtype: str, count: int, op: str, run):
+        """Runs ``run(tensor, group)`` on the same fresh inputs for pycomm and for gloo."""
+        ours, theirs = _inputs(dtype, rank, count, op), _inputs(dtype, rank, count, op)
+        run(ours, group=group)
+        run(theirs, group=gloo)
+        return ours, theirs
+
+    def reduce_scatter_tensor(tensor, group) -> None:
+        out = torch.empty(8, dtype=tensor.dtype)
+        dist.reduce_scatter_tensor(out, tensor, group=group)
+        tensor[:8] = out
+
+    for dtype in DTYPES:
+        for op in _reduce_ops(dtype):
+            reduce_op = getattr(dist.ReduceOp, op.upper())
+            ours, theirs = both(dtype, 37, op, partial(dist.all_reduce, op=reduce_op))
+            check(f"all_reduce {dtype} {op}", ours, theirs)
+            ours, theirs = both(dtype, 11, op, partial(dist.reduce, dst=size - 1, op=reduce_op))
+            if rank == size - 1:
+                check(f"reduce {dtype} {op}", ours, theirs)
+        ours, theirs = both(dtype, 8 * size, "sum", reduce_scatter_tensor)
+        check(f"reduce_scatter_tensor {dtype}", ours, theirs)
+        source = _inputs(dtype, rank, 9)
+        gathered = [[torch.empty_like(source) for _ in range(size)] for _ in range(2)]
+        for outputs, g in zip(gathered, (group, gloo)):
+            dist.all_gather(outputs, source, group=g)
+        check(f"all_gather {dtype}", gathered[0], gathered[1])
+        flat = [torch.empty(9 * size, dtype=source.dtype) for _ in range(2)]
+        for out, g in zip(flat, (group, gloo)):
+            dist.all_gather_into_tensor(out, source, group=g)
+        check(f"all_gather_into_tensor {dtype}", flat[0], flat[1])
+        ours, theirs = both(dtype, 13, "sum", partial(dist.broadcast, src=size - 1))
+        check(f"broadcast {dtype}", ours, theirs)
+        chunks = [[torch.empty(5, dtype=source.dtype) for _ in range(2)] for _ in range(2)]
+        parts = [_inputs(dtype, rank + k, 5) for k in range(size)]
+        for (out, _), g in zip(chunks, (group, gloo)):
+            dist.reduce_scatter(out, parts, group=g)
+        check(f"reduce_scatter {dtype}", chunks[0][0], chunks[1][0])
+    # Gather, scatter and all-to-all move bytes: one dtype is enough.
+    source = _inputs("float32", rank, 6)
+    results = []
+    for g in (group, gloo):
+        lists = [torch.empty_like(source) for _ in range(size)] if rank == 0 else None
+        dist.gather(source, lists, dst=0, group=g)
+        results.append(lists)
+    if rank == 0:
+        check("gather", results[0], results[1])
+    results = []
+    for g in (group, gloo):
+        out = torch.empty(6)
+        parts = [_inputs("float32", k, 6) for k in range(size)] if rank == 1 else None
+        dist.scatter(out, parts, src=1, group=g)
+        results.append(out)
+    check("scatter", results[0], results[1])
+    send = _inputs("float32", rank, 4 * size)
+    ours, theirs = torch.empty(4 * size), torch.empty(4 * size)
+    dist.all_to_all_single(ours, send, group=group)
+    dist.all_to_all_single(theirs, send, group=gloo)
+    check("all_to_all_single", ours, theirs)
+    # Uneven splits: rank r sends r + k + 1 rows to rank k.
+    send_splits = [rank + k + 1 for k in range(size)]
+    receive_splits = [k + rank + 1 for k in range(size)]
+    send = _inputs("float32", rank, 2 * sum(send_splits)).reshape(-1, 2)
+    ours, theirs = torch.empty(sum(receive_splits), 2), torch.empty(sum(receive_splits), 2)
+    dist.all_to_all_single(ours, send, receive_splits, send_splits, group=group)
+    dist.all_to_all_single(theirs, send, receive_splits, send_splits, group=gloo)
+    check("all_to_all_single uneven", ours, theirs)
+    outputs = [torch.empty(rank + k + 1, 2) for k in range(size)]
+    dist.all_to_all(outputs, list(send.split(send_splits)), group=group)
+    check("all_to_all", torch.cat(outputs), theirs)
+    dist.barrier(group=group)
+    return compared, mismatches
+
+
+def _reference_checks(group, gloo) -> tuple[int, list[str]]:
+    """Ops gloo lacks (AVG, PREMUL_SUM) against a reference from the gathered inputs, identical
+    bytes on every rank for non-integer data, and async operations waited in reverse order."""
+    import torch
+    import torch.distributed as dist
+
+    rank, size = dist.get_rank(), dist.get_world_size()
+    compared, mismatches = 0, []
+    for dtype in ("float32", "bfloat16", "float64"):
+        source = _inputs(dtype, rank, 16)
+        everyone = [torch.empty_like(source) for _ in range(size)]
+        dist.all_gather(everyone, source, group=gloo)
+        total = torch.stack([t.double() for t in everyone]).sum(0)
+        for op, expected in (
+            (dist.ReduceOp.AVG, total / size),
+            (dist._make_nccl_premul_sum(0.5), total * 0.5),
+        ):
+            result = source.clone()
+            dist.all_reduce(result, op=op, group=group)
+            compared += 1
+            if not torch.equal(result, expected.to(source.dtype)):
+                mismatches.append(f"{op} {dtype}: {result} != {expected}")
+    noise = torch.randn(1000, generator=torch.Generator().manual_seed(rank))
+    dist.all_reduce(noise, group=group)
+    copies = [torch.empty_like(noise) for _ in range(size)]
+    dist.all_gather(copies, noise, group=gloo)
+    compared += 1
+    if not all(torch.equal(copy, copies[0]) for copy in copies):
+        mismatches.append("all_reduce of random float32 data differs between ranks")
+    tensors = [torch.full((1000,), float(rank + k)) for k in range(8)]
+    works = [dist.all_reduce(t, group=group, async_op=True) for t in tensors]
+    for work in reversed(works):
+        work.wait()
+    base = sum(range(size))
+    for k, tensor in enumerate(tensors):
+        compared += 1
+        if not torch.equal(tensor, torch.full((1000,), float(base + k * size))):
+            mismatches.append(f"async all_reduce {k}: {tensor[:4]}")
+    return compared, mismatches
+
+
+def every_op_against_gloo(hierarchy) -> dict:
+    import torch.distributed as dist
+
+    import pycomm.torch
+    from pycomm.hier import Topology
+
+    gloo = _setup()
+    compared, mismatches = _compare_group(None, gloo, "flat")
+    extra = _reference_checks(None, gloo)
+    compared += extra[0]
+    mismatches += extra[1]
+    engines = {"flat": dist.distributed_c10d._get_default_group().engine.hier is None}
+    if hierarchy:
+        options = pycomm.torch.Options(topology=Topology.from_levels(hierarchy))
+        hier = dist.new_group(backend="pycomm", pg_options=options)
+        engines["hierarchical"] = hier.engine.hier is not None
+        count, found = _compare_group(hier, gloo, "hierarchical")
+        compared += count
+        mismatches += found
+    dist.destroy_process_group()
+    return {"compared": compared, "mismatches": mismatches, "engines": engines}
+
+
+# -- tests -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_every_op_equals_gloo(ranks):
+    hierarchy = HIERARCHY if ranks == 4 else None
+    result = run_mpi(every_op_against_gloo, ranks, args=(hierarchy,), timeout=240)
+    for value in result.values:
+        assert value["mismatches"] == []
+        assert value["compared"] >= 100
+        assert value["engines"]["flat"]
+        if hierarchy:
+            assert value["engines"]["hierarchical"]
