@@ -227,3 +227,138 @@ def test_every_op_equals_gloo(ranks):
         assert value["engines"]["flat"]
         if hierarchy:
             assert value["engines"]["hierarchical"]
+
+
+def _mlp():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+
+def _train(model, rank: int, steps: int):
+    import torch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    generator = torch.Generator().manual_seed(100 + rank)
+    for _ in range(steps):
+        inputs, targets = torch.randn(8, 16, generator=generator), torch.randn(8, 4, generator=generator)
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def ddp_and_fsdp_on_both(steps: int) -> dict:
+    """The parameters after ``steps`` steps of DDP and of FSDP2, on "pycomm" and on gloo."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel
+
+    gloo = _setup()
+    rank, size = dist.get_rank(), dist.get_world_size()
+    result = {}
+    for name, group in (("pycomm", None), ("gloo", gloo)):
+        model = _mlp()
+        _train(DistributedDataParallel(model, process_group=group), rank, steps)
+        result[f"ddp {name}"] = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    meshes = {"pycomm": init_device_mesh("cpu", (size,)), "gloo": DeviceMesh.from_group(gloo, "cpu")}
+    for name, mesh in meshes.items():
+        model = _mlp()
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        _train(model, rank, steps)
+        full = [p.full_tensor().detach().reshape(-1) for p in model.parameters()]
+        result[f"fsdp {name}"] = torch.cat(full).numpy()
+    dist.destroy_process_group()
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_ddp_and_fsdp2_match_gloo(ranks):
+    import numpy as np
+
+    values = run_mpi(ddp_and_fsdp_on_both, ranks, args=(6,), timeout=240).values
+    for key in values[0]:
+        for other in values[1:]:
+            np.testing.assert_array_equal(other[key], values[0][key], err_msg=f"{key} differs between ranks")
+    for kind in ("ddp", "fsdp"):
+        ours, theirs = values[0][f"{kind} pycomm"], values[0][f"{kind} gloo"]
+        assert not np.array_equal(ours, _mlp_parameters()), "training changed nothing"
+        if ranks == 2:
+            np.testing.assert_array_equal(ours, theirs)
+        else:
+            # Four float32 gradients summed in MPICH's order and in gloo's differ in the last bit.
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def _mlp_parameters():
+    import torch
+
+    return torch.cat([p.detach().reshape(-1) for p in _mlp().parameters()]).numpy()
+
+
+def wrong_use() -> dict:
+    """The errors a torch user meets: each entry is (exception type names, message)."""
+    import datetime
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    import pycomm.torch
+
+    _setup()
+    rank = dist.get_rank()
+    seen = {}
+
+    def attempt(name: str, call) -> None:
+        try:
+            call()
+        except Exception as error:
+            seen[name] = ([kind.__name__ for kind in type(error).__mro__], str(error))
+        else:
+            seen[name] = (None, "no error")
+
+    attempt("dtype", lambda: dist.all_reduce(torch.zeros(4, dtype=torch.float8_e4m3fn)))
+    attempt("avg of ints", lambda: dist.all_reduce(torch.zeros(4, dtype=torch.int32), op=dist.ReduceOp.AVG))
+    attempt("band of floats", lambda: dist.all_reduce(torch.zeros(4), op=dist.ReduceOp.BAND))
+    attempt("gather size", lambda: dist.all_gather_into_tensor(torch.zeros(7), torch.zeros(4)))
+    attempt("scatter size", lambda: dist.reduce_scatter_tensor(torch.zeros(3), torch.zeros(8)))
+    attempt("list length", lambda: dist.all_gather([torch.zeros(4)] * 3, torch.zeros(4)))
+    attempt("options", lambda: dist.new_group(backend="pycomm", pg_options=pycomm.torch.Options(engine="x")))
+    slow = dist.new_group(backend="pycomm", timeout=datetime.timedelta(seconds=1.5))
+    if rank == 0:
+        attempt("timeout", lambda: dist.all_reduce(torch.ones(4), group=slow))
+        attempt("after timeout", lambda: dist.all_reduce(torch.ones(4), group=slow))
+    else:
+        time.sleep(4)
+        late = torch.ones(4)
+        dist.all_reduce(late, group=slow)  # completes rank 0's timed-out operation
+        seen["late result"] = (None, str(late.tolist()))
+    dist.barrier()
+    dist.destroy_process_group()
+    return seen
+
+
+@pytest.mark.slow
+def test_wrong_use_gives_torch_errors():
+    values = run_mpi(wrong_use, 2, timeout=120).values
+    for seen in values:
+        for name in ("dtype", "avg of ints", "band of floats", "gather size", "scatter size", "list length"):
+            kinds, message = seen[name]
+            assert kinds is not None and "RuntimeError" in kinds and "ValueError" in kinds, (name, seen[name])
+        assert "float8_e4m3fn is not supported" in seen["dtype"][1]
+        assert "AVG is not defined for int32" in seen["avg of ints"][1]
+        assert "has 7 elements; all_gather_into_tensor (input elements x group size) needs 8" in seen["gather size"][1]
+        assert seen["options"][0] is not None and "engine must be one of" in seen["options"][1]
+    kinds, message = values[0]["timeout"]
+    assert "DistBackendError" in kinds and "did not complete within 0:00:01.500000" in message
+    kinds, message = values[0]["after timeout"]
+    assert "DistBackendError" in kinds and "failed earlier" in message
+    assert values[1]["late result"][1] == str([2.0] * 4)

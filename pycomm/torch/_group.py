@@ -74,6 +74,11 @@ def failure(message: str, cause: BaseException | None = None) -> dist.DistBacken
     return error
 
 
+def display_name(op: str) -> str:
+    """torch's name of a reduce op (``ReduceOp.PRODUCT``, not PROD)."""
+    return "PRODUCT" if op == "prod" else op.upper()
+
+
 class ReduceOp:
     """A torch ReduceOp as the engines see it: a name and, for PREMUL_SUM, the factor."""
 
@@ -91,7 +96,7 @@ class ReduceOp:
             self.name = name
 
     def __repr__(self) -> str:
-        return f"ReduceOp.{self.name.upper()}"
+        return f"ReduceOp.{display_name(self.name)}"
 
 
 class Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pycomm import kernels
-from pycomm.torch._group import FLOAT_KINDS, BackendArgumentError, ReduceOp
+from pycomm.torch._group import FLOAT_KINDS, BackendArgumentError, ReduceOp, display_name
 
 _INTEGER_KINDS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 _COMPLEX_KINDS = ("complex64", "complex128")
@@ -42,7 +42,7 @@ def check_reduce(kind: str, op: ReduceOp, engine: str) -> None:
     if op.name not in allowed:
         raise BackendArgumentError(
             f"{op} is not defined for {kind} tensors in the {engine} engine of backend 'pycomm'; "
-            f"{kind} takes " + ", ".join(name.upper() for name in allowed)
+            f"{kind} takes " + ", ".join(display_name(name) for name in allowed)
         )
 
 
