@@ -659,10 +659,6 @@ class ProcessGroup(dist.ProcessGroup):
     def barrier(self, opts: Any = None) -> Work:
         return self._submit("barrier", self._engine.barrier, [], [])
 
-    def monitored_barrier(self, timeout: Any = None, wait_all_ranks: bool = False) -> None:
-        work = self.barrier()
-        work.wait(timeout)
-
     # -- checks -------------------------------------------------------------------------------------
 
     def _check_rank(self, rank: Any, role: str) -> int:
