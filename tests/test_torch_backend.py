@@ -187,6 +187,29 @@ def _reference_checks(group, gloo) -> tuple[int, list[str]]:
         compared += 1
         if not torch.equal(tensor, torch.full((1000,), float(base + k * size))):
             mismatches.append(f"async all_reduce {k}: {tensor[:4]}")
+    # Point to point: a ring of batched isend/irecv, then the coalescing manager and object collectives.
+    received = torch.empty(5)
+    ring = [
+        dist.P2POp(dist.isend, torch.full((5,), float(rank)), (rank + 1) % size, group=group),
+        dist.P2POp(dist.irecv, received, (rank - 1) % size, group=group),
+    ]
+    for work in dist.batch_isend_irecv(ring):
+        work.wait()
+    compared += 1
+    if not torch.equal(received, torch.full((5,), float((rank - 1) % size))):
+        mismatches.append(f"batch_isend_irecv: {received}")
+    pieces = [torch.full((3,), float(rank)), torch.full((2,), float(rank))]
+    with dist._coalescing_manager(group=group):
+        for piece in pieces:
+            dist.all_reduce(piece, group=group)
+    compared += 1
+    if not all(torch.equal(piece, torch.full_like(piece, float(base))) for piece in pieces):
+        mismatches.append(f"coalesced all_reduce: {pieces}")
+    objects = [None] * size
+    dist.all_gather_object(objects, {"rank": rank}, group=group)
+    compared += 1
+    if objects != [{"rank": r} for r in range(size)]:
+        mismatches.append(f"all_gather_object: {objects}")
     return compared, mismatches
 
 
