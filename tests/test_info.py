@@ -109,13 +109,20 @@ def test_import_without_optional_dependencies(tmp_path: Path) -> None:
             print(error)
         else:
             raise SystemExit("run_mpi worked without mpi4py")
+        try:
+            import pycomm.torch
+        except pycomm.MissingDependencyError as error:
+            print(error)
+        else:
+            raise SystemExit("pycomm.torch imported without torch")
         """
     )
     child = run_python(code, tmp_path)
     assert child.returncode == 0, child.stdout + child.stderr
-    reason, error = child.stdout.strip().splitlines()
+    reason, error, torch_error = child.stdout.strip().splitlines()
     assert 'pip install "pycomm[mpi]"' in reason
     assert "mpi4py" in error and 'pip install "pycomm[mpi]"' in error
+    assert "pycomm.torch needs torch" in torch_error and 'pip install "pycomm[torch]"' in torch_error
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="mpi4py is not installed")
