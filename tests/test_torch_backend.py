@@ -187,6 +187,13 @@ def _reference_checks(group, gloo) -> tuple[int, list[str]]:
         compared += 1
         if not torch.equal(tensor, torch.full((1000,), float(base + k * size))):
             mismatches.append(f"async all_reduce {k}: {tensor[:4]}")
+    # A non-contiguous tensor goes through a contiguous host copy and back (as CUDA tensors do).
+    matrix = torch.zeros(4, 6)
+    matrix[:, ::2] = float(rank + 1)
+    dist.all_reduce(matrix[:, ::2], group=group)
+    compared += 1
+    if not (torch.all(matrix[:, ::2] == size * (size + 1) / 2) and torch.all(matrix[:, 1::2] == 0)):
+        mismatches.append(f"all_reduce of a strided view: {matrix}")
     # Point to point: a ring of batched isend/irecv, then the coalescing manager and object collectives.
     received = torch.empty(5)
     ring = [

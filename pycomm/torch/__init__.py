@@ -153,6 +153,8 @@ def _pycomm_rendezvous(url: str, timeout: datetime.timedelta = datetime.timedelt
         timeout=timeout.total_seconds(),
     )
     comm.connect(timeout=timeout.total_seconds())
+    if _communicator is not None:
+        _communicator.close()  # a new rendezvous leaves the previous group
     _communicator = comm
     yield (dist.HashStore(), comm.rank, comm.world_size)
 
