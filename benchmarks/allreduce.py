@@ -58,7 +58,7 @@ from .allreduce_peer import (
     throughput_peer,
 )
 from .allreduce_peer import PATTERN_PERIOD as PATTERN_PERIOD
-from .harness import Measurement, Settings
+from .harness import Measurement, Settings, check_float32_sizes, check_process_counts
 from .units import format_size
 
 __all__ = [
@@ -164,20 +164,9 @@ class AllreduceConfig:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        if not self.peers:
-            raise InvalidArgumentError("no peer counts given")
-        for peers in self.peers:
-            if isinstance(peers, bool) or not isinstance(peers, int) or not 2 <= peers <= MAX_PEERS:
-                raise InvalidArgumentError(
-                    f"peer counts must be whole numbers in [2, {MAX_PEERS}], got {peers}"
-                )
-        if not self.sizes:
-            raise InvalidArgumentError("no sizes given")
-        for size in (*self.sizes, self.fault_size):
-            if size <= 0 or size % 4 != 0:
-                raise InvalidArgumentError(
-                    f"size {size} bytes is not a positive multiple of 4 bytes (whole float32 values)"
-                )
+        check_process_counts(self.peers, "peer counts", MAX_PEERS)
+        check_float32_sizes(self.sizes)
+        check_float32_sizes([self.fault_size])
         unknown = [anchor for anchor in self.anchors if anchor not in ANCHORS]
         if unknown:
             raise InvalidArgumentError(

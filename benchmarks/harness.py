@@ -164,6 +164,26 @@ class Measurement:
         }
 
 
+def check_process_counts(counts: Sequence[int], what: str, maximum: int) -> None:
+    """Refuses an empty list of process counts, or one outside [2, maximum]."""
+    if not counts:
+        raise InvalidArgumentError(f"no {what} given")
+    for count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= maximum:
+            raise InvalidArgumentError(f"{what} must be whole numbers in [2, {maximum}], got {count}")
+
+
+def check_float32_sizes(sizes: Sequence[int]) -> None:
+    """Refuses an empty list of sizes, or a size that is not whole float32 values."""
+    if not sizes:
+        raise InvalidArgumentError("no sizes given")
+    for size in sizes:
+        if size <= 0 or size % 4 != 0:
+            raise InvalidArgumentError(
+                f"size {size} bytes is not a positive multiple of 4 bytes (whole float32 values)"
+            )
+
+
 def throughput_ratio(subject: Measurement, anchor: Measurement) -> float:
     """``subject`` GB/s over ``anchor`` GB/s, both at their medians: above 1, ``subject`` is faster."""
     return subject.gbps / anchor.gbps

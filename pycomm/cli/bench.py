@@ -8,8 +8,9 @@ against MPICH's MPI_Pack (mpi4py), a numpy strided copy and memcpy on TEMPI's sh
 commit times (and, on request, the GPU kernels and a halo exchange under the MPI interposer).
 ``bench hier`` times pycomm.hier's hierarchical and quantized all-gather and reduce-scatter against
 MPI's flat ones on 8 ranks laid out 2 x 2 x 2, with the bytes sent per level against the plan's
-formulas. The harness and the cases live in :mod:`pycomm.benchmarks`; this module only reads options
-and writes the output.
+formulas. ``bench torch`` times ``dist.all_reduce`` and a DDP training step on backend "pycomm"
+against gloo, both groups in one mpiexec job per world size. The harness and the cases live in
+:mod:`pycomm.benchmarks`; this module only reads options and writes the output.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def register(subparsers: Any) -> None:
     _register_allreduce(benchmarks)
     _register_pack(benchmarks)
     _register_hier(benchmarks)
+    _register_torch(benchmarks)
 
 
 def _register_reduce(benchmarks: Any) -> None:
@@ -113,6 +115,13 @@ def _split(text: str | None, default: tuple[str, ...]) -> list[str]:
     if text is None:
         return list(default)
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _whole_numbers(text: str | None, default: tuple[int, ...], option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _split(text, tuple(map(str, default))))
+    except ValueError:
+        raise InvalidArgumentError(f"{option} takes whole numbers, e.g. 2,4; got {text!r}") from None
 
 
 def _reduce_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -264,10 +273,7 @@ def _allreduce_config(args: argparse.Namespace) -> Any:
     from pycomm.benchmarks import parse_sizes
 
     quick = args.quick
-    try:
-        peers = tuple(int(part) for part in _split(args.peers, tuple(map(str, suite.DEFAULT_PEERS))))
-    except ValueError:
-        raise InvalidArgumentError(f"--peers takes whole numbers, e.g. 2,4; got {args.peers!r}") from None
+    peers = _whole_numbers(args.peers, suite.DEFAULT_PEERS, "--peers")
     anchors = tuple(_split(args.anchors, suite.ANCHORS))
     if anchors == ("none",):
         anchors = ()
@@ -460,3 +466,103 @@ def _run_hier(args: argparse.Namespace) -> int:
         print(suite.format_report(document))
     # Bytes that differ from the formula mean the plan's per-level figures are not what is sent.
     return 0 if all(row["bytes_match"] for row in document["collectives"]) else 1
+
+
+def _register_torch(benchmarks: Any) -> None:
+    from pycomm.benchmarks import torch_backend as suite
+    from pycomm.benchmarks.units import format_size
+
+    sizes = ",".join(format_size(s).replace(" ", "") for s in suite.DEFAULT_SIZES)
+    quick_sizes = ",".join(format_size(s).replace(" ", "") for s in suite.QUICK_SIZES)
+    parser = benchmarks.add_parser(
+        "torch",
+        help="torch.distributed backend 'pycomm' against gloo: all_reduce and a DDP step",
+        description=(
+            "In one mpiexec job per world size, backend 'pycomm' (the default group) and a gloo group "
+            "over the same ranks, repetitions interleaved: dist.all_reduce of float32 tensors (every "
+            "result checked exactly), median latency and bus bandwidth (2(n-1)/n x bytes / median "
+            "time); and the median step time of a DDP-wrapped MLP trained with SGD. Reports the ratio "
+            "pycomm/gloo and the faster backend of each row."
+        ),
+    )
+    parser.add_argument(
+        "--ranks",
+        metavar="LIST",
+        help=f"world sizes, one mpiexec job each, comma-separated (default "
+        f"{','.join(map(str, suite.DEFAULT_RANKS))})",
+    )
+    parser.add_argument(
+        "--sizes",
+        metavar="LIST",
+        help=f"float32 tensor sizes per rank, binary units (default {sizes}; --quick: {quick_sizes})",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help=f"measured repetitions per backend and row; figures are medians (default "
+        f"{suite.DEFAULT_REPEAT}; --quick: {suite.QUICK_REPEAT})",
+    )
+    parser.add_argument(
+        "--min-time-ms",
+        type=float,
+        metavar="MS",
+        help=f"shortest repetition; calls are repeated until the slowest rank's lasts this long (default "
+        f"{suite.DEFAULT_MIN_TIME_S * 1000:g}; --quick: {suite.QUICK_MIN_TIME_S * 1000:g})",
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        metavar="N",
+        help=f"width of the DDP model's {suite.LAYERS} linear layers (default {suite.DEFAULT_WIDTH}; "
+        f"--quick: {suite.QUICK_WIDTH})",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        default=suite.DEFAULT_BATCH,
+        help=f"DDP batch per rank (default {suite.DEFAULT_BATCH})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"sizes {quick_sizes}, a small model, few short repetitions (tests, CI; seconds)",
+    )
+    add_json_option(parser)
+    parser.set_defaults(run=_run_torch)
+
+
+def _torch_config(args: argparse.Namespace) -> Any:
+    from pycomm.benchmarks import parse_sizes
+    from pycomm.benchmarks import torch_backend as suite
+
+    quick = args.quick
+    ranks = _whole_numbers(args.ranks, suite.DEFAULT_RANKS, "--ranks")
+    return suite.TorchConfig(
+        ranks=ranks,
+        sizes=tuple(parse_sizes(args.sizes))
+        if args.sizes
+        else (suite.QUICK_SIZES if quick else suite.DEFAULT_SIZES),
+        repeat=args.repeat
+        if args.repeat is not None
+        else (suite.QUICK_REPEAT if quick else suite.DEFAULT_REPEAT),
+        min_time_s=(args.min_time_ms / 1000)
+        if args.min_time_ms is not None
+        else (suite.QUICK_MIN_TIME_S if quick else suite.DEFAULT_MIN_TIME_S),
+        width=args.width if args.width is not None else (suite.QUICK_WIDTH if quick else suite.DEFAULT_WIDTH),
+        batch=args.batch,
+        quick=quick,
+    )
+
+
+def _run_torch(args: argparse.Namespace) -> int:
+    from pycomm.benchmarks import torch_backend as suite
+
+    config = _torch_config(args)
+    document = suite.run_torch(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        write_json(args.json, document)
+    if args.json != "-":
+        print(suite.format_report(document))
+    return 0

@@ -134,8 +134,8 @@ class Tensor:
         return self.tensor.numel()
 
     def array(self) -> np.ndarray:
-        """The host data as a flat numpy array (bfloat16 as uint16 bits, bool as uint8, complex as
-        its float pairs' type is kept: numpy has complex64/complex128)."""
+        """The host data as a flat numpy array: bfloat16 as uint16 bits, bool as uint8 (0 or 1), the
+        other dtypes as numpy's own (complex64 and complex128 included)."""
         host = self.host.detach()
         if self.kind == "bfloat16":
             return host.view(torch.int16).numpy().view(np.uint16).reshape(-1)
