@@ -127,15 +127,18 @@ class ft:  # a submodule: pycomm._core.ft, the ring engine of pycomm.ft
         world: int
         bytes_sent: int
         bytes_received: int
+        bytes_sent_per_connection: list[int]
+        connections: int
         def __init__(
             self,
-            next_fd: int,
-            prev_fd: int,
+            next_fds: list[int],
+            prev_fds: list[int],
             rank: int,
             world: int,
             segment_bytes: int = ...,
             max_early_bytes: int = ...,
             spin_microseconds: int = ...,
+            shared_memory_names: list[str] = ...,
         ) -> None: ...
         def submit(
             self, collective: str, input: np.ndarray, dtype: str, op: str, count: int, root: int, tag: int

@@ -147,6 +147,58 @@ def test_broadcast_all_gather_and_reduce_scatter(world: int) -> None:
             assert np.array_equal(scattered, chunks[rank])
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_operations_striped_over_a_pool_of_connections(world: int) -> None:
+    # Four connections to the next peer, small segments: every operation's frames spread over the
+    # pool and arrive in any order across it; results are exact and identical on every peer.
+    with local_group(world, connections=4, segment_bytes=4096, shared_memory=False) as (_, comms):
+
+        def run(comm):
+            r = comm.rank
+            x = np.random.default_rng(r).standard_normal(300_001).astype(np.float32)
+            comm.all_reduce(x)
+            exact = peer_input("int64", "sum", r, 100_003)
+            comm.all_reduce(exact, dtype="int64")
+            b = np.arange(50_000, dtype=np.float64) if r == 0 else np.zeros(50_000)
+            comm.broadcast(b, root=0)
+            gathered = comm.all_gather(np.full(20_000, r, np.int32))
+            scattered = comm.reduce_scatter(np.arange(90_001, dtype=np.int64) * (r + 1))
+            return (
+                x,
+                exact,
+                b,
+                gathered,
+                scattered,
+                comm._engine.connections,
+                comm._engine.bytes_sent_per_connection,
+            )
+
+        results = on_all(comms, run)
+        expected = reference([peer_input("int64", "sum", r, 100_003) for r in range(world)], "int64", "sum")
+        chunks = np.array_split(np.arange(90_001, dtype=np.int64) * sum(range(1, world + 1)), world)
+        for rank, (x, exact, b, gathered, scattered, connections, sent) in enumerate(results):
+            assert x.tobytes() == results[0][0].tobytes()
+            assert exact.tobytes() == expected.tobytes()
+            assert np.array_equal(b, np.arange(50_000))
+            assert np.array_equal(
+                gathered, np.repeat(np.arange(world, dtype=np.int32), 20_000).reshape(world, -1)
+            )
+            assert np.array_equal(scattered, chunks[rank])
+            assert connections == 4
+            assert min(sent) > 100_000, sent  # every connection of the pool carried a share
+
+
+def test_the_pool_is_sized_from_the_round_trip_and_the_socket_buffers() -> None:
+    from pycomm.ft import Communicator
+    from pycomm.ft.communicator import AUTO_CONNECTIONS_MAX, _window_per_connection
+
+    comm = Communicator("127.0.0.1:1", link_bandwidth=1e9 / 8)
+    window = _window_per_connection()
+    assert comm._pool_size(50e-6) == 1  # loopback
+    assert comm._pool_size(0.05) == min(AUTO_CONNECTIONS_MAX, -(-int(1e9 / 8 * 0.05) // window))
+    assert comm._pool_size(10.0) == AUTO_CONNECTIONS_MAX
+
+
 def test_concurrent_tagged_operations_in_different_orders_on_each_peer() -> None:
     with local_group(3, segment_bytes=4096) as (_, comms):
 
@@ -208,8 +260,11 @@ def test_wrong_use_gets_clear_errors() -> None:
             comm.optimize_topology()
     from pycomm.ft import Communicator
 
-    with pytest.raises(NotSupportedError, match="connections"):
-        Communicator("127.0.0.1:1", connections=4)
+    for connections in (0, 65, 2.5, True):
+        with pytest.raises(InvalidArgumentError, match="connections"):
+            Communicator("127.0.0.1:1", connections=connections)
+    with pytest.raises(InvalidArgumentError, match="link_bandwidth"):
+        Communicator("127.0.0.1:1", link_bandwidth=0)
     with pytest.raises(ValueError, match="host:port"):
         Communicator("localhost")
     with pytest.raises(InvalidArgumentError, match="segment_bytes"):

@@ -32,8 +32,8 @@ def _all_reduce_until_it_succeeds(comm: Communicator) -> tuple[int, np.ndarray]:
         return comm.world_size, x
 
 
-def _join(address: str, world: int) -> Communicator:
-    comm = Communicator(address, timeout=30)
+def _join(address: str, world: int, **options) -> Communicator:
+    comm = Communicator(address, timeout=30, **options)
     comm.connect(timeout=30)
     while comm.world_size < world:
         if comm.pending_peers():
@@ -43,11 +43,11 @@ def _join(address: str, world: int) -> Communicator:
     return comm
 
 
-def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank: int) -> None:
+def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank: int, options: dict) -> None:
     """Loops large all-reduces. The victim freezes itself inside its third one (the test then
     kills it). The survivors check, after an Aborted, that the buffer was restored and that the
     next all-reduce in the smaller group is exact, then exit."""
-    comm = _join(address, world)
+    comm = _join(address, world, **options)
     print(f"ready rank={comm.rank}", flush=True)
     victim = comm.rank == victim_rank
     aborted = False
@@ -79,9 +79,16 @@ def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank
             print("wrong result before the failure", flush=True)
 
 
-def test_sigkill_during_a_large_all_reduce_aborts_restores_and_recovers() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"connections": 4, "shared_memory": False}],
+    ids=["default links", "TCP, pools of 4 connections"],
+)
+def test_sigkill_during_a_large_all_reduce_aborts_restores_and_recovers(options: dict) -> None:
     with Master(heartbeat_timeout=HEARTBEAT_TIMEOUT) as master, LocalCluster(timeout=90) as cluster:
-        peers = cluster.spawn_many(3, _all_reduce_until_recovered, args=(master.address, 3, 1 << 24, 2))
+        peers = cluster.spawn_many(
+            3, _all_reduce_until_recovered, args=(master.address, 3, 1 << 24, 2, options)
+        )
         victim = None
         for peer in peers:
             if peer.wait_for_line(r"ready rank=(\d)", timeout=60).group(1) == "2":

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pycomm._native import core
 from pycomm.errors import AuthenticationError, CommError, InvalidArgumentError, ProtocolError
 from pycomm.ft import Communicator, Master
-from pycomm.ft._protocol import Channel, Message
+from pycomm.ft._protocol import PROTOCOL_VERSION, Channel, Message
 from pycomm.testing.ft import local_group, on_all
 
 _transport = core.transport
@@ -71,7 +71,7 @@ def raw_hello(address: str, **overrides) -> tuple[Message, dict]:
     try:
         challenge = channel.expect(Message.CHALLENGE, timeout=5)
         hello = {
-            "version": 1,
+            "version": PROTOCOL_VERSION,
             "peer_id": "f" * 32,
             "peer_group": 0,
             "host": "127.0.0.1",
@@ -81,7 +81,7 @@ def raw_hello(address: str, **overrides) -> tuple[Message, dict]:
             "rejoin": None,
             **overrides,
         }
-        assert challenge["version"] == 1
+        assert challenge["version"] == PROTOCOL_VERSION
         channel.send(Message.HELLO, hello)
         return channel.receive(timeout=5)
     finally:
@@ -90,8 +90,9 @@ def raw_hello(address: str, **overrides) -> tuple[Message, dict]:
 
 def test_another_protocol_version_is_refused_with_a_reason() -> None:
     with local_group(2) as (master, comms):
-        kind, body = raw_hello(master.address, version=2)
-        assert kind == Message.REFUSE and "protocol version 2" in body["reason"]
+        other = PROTOCOL_VERSION + 1
+        kind, body = raw_hello(master.address, version=other)
+        assert kind == Message.REFUSE and f"protocol version {other}" in body["reason"]
         group_still_works(comms)
 
 
@@ -108,13 +109,20 @@ MALFORMED = {
     "HELLO with wrong types": frame(
         int(Message.HELLO),
         json.dumps(
-            {"version": 1, "peer_id": 5, "peer_group": "x", "host": [], "port": 1, "nonce": ""}
+            {"version": PROTOCOL_VERSION, "peer_id": 5, "peer_group": "x", "host": [], "port": 1, "nonce": ""}
         ).encode(),
     ),
     "HELLO out of range": frame(
         int(Message.HELLO),
         json.dumps(
-            {"version": 1, "peer_id": "a", "peer_group": 0, "host": "h", "port": 70000, "nonce": ""}
+            {
+                "version": PROTOCOL_VERSION,
+                "peer_id": "a",
+                "peer_group": 0,
+                "host": "h",
+                "port": 70000,
+                "nonce": "",
+            }
         ).encode(),
     ),
     "random bytes": bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8)),
@@ -151,12 +159,14 @@ def test_malformed_frames_at_a_data_port_drop_only_that_connection(case: str) ->
                 channel.send(
                     Message.LINK_HELLO,
                     {
-                        "version": 1,
+                        "version": PROTOCOL_VERSION,
                         "kind": "ring",
                         "group": 0,
                         "epoch": 99,
                         "from": comms[1].peer_id,
                         "to": target,
+                        "stripe": 0,
+                        "stripes": 1,
                         "mac": nonce,
                     },
                 )
@@ -169,7 +179,7 @@ def test_garbage_on_a_ring_link_fails_the_operation_with_a_protocol_error() -> N
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     # Rank 0 of a ring of 2 whose "previous peer" is this test.
-    engine = _ft.RingEngine(a.detach(), d.detach(), 0, 2)
+    engine = _ft.RingEngine([a.detach()], [d.detach()], 0, 2)
     x = np.ones(1000, np.float32)
     op = engine.submit("all_reduce", x, "float32", "sum", 1000, 0, 0)
     c.sendall(b"\x00" * 48)
@@ -195,7 +205,7 @@ def test_garbage_on_a_ring_link_fails_the_operation_with_a_protocol_error() -> N
 def test_forged_data_frames_are_refused_with_what_was_wrong(header: dict, message: str) -> None:
     a, b = socket.socketpair()
     c, d = socket.socketpair()
-    engine = _ft.RingEngine(a.detach(), d.detach(), 0, 2)
+    engine = _ft.RingEngine([a.detach()], [d.detach()], 0, 2)
     op = engine.submit("all_reduce", np.ones(1000, np.float32), "float32", "sum", 1000, 0, 0)
     fields = dict(
         phase=1,
@@ -222,7 +232,7 @@ def test_forged_data_frames_are_refused_with_what_was_wrong(header: dict, messag
 def test_frames_for_unstarted_operations_are_bounded() -> None:
     a, b = socket.socketpair()
     c, d = socket.socketpair()
-    engine = _ft.RingEngine(a.detach(), d.detach(), 0, 2, max_early_bytes=4096)
+    engine = _ft.RingEngine([a.detach()], [d.detach()], 0, 2, max_early_bytes=4096)
     header = _ft.encode_data_header(1, "all_reduce", "float32", "sum", 0, 0, 7, 0, 100_000, 0, 8192)
     c.sendall(header + bytes(8192))
     op = engine.submit("all_reduce", np.ones(10, np.float32), "float32", "sum", 10, 0, 1)
@@ -290,7 +300,7 @@ def test_a_frame_header_of_the_wrong_size_is_an_argument_error() -> None:
 def test_a_flood_of_empty_frames_for_unstarted_operations_is_bounded_too() -> None:
     a, b = socket.socketpair()
     c, d = socket.socketpair()
-    engine = _ft.RingEngine(a.detach(), d.detach(), 0, 2, max_early_bytes=64 * 1024)
+    engine = _ft.RingEngine([a.detach()], [d.detach()], 0, 2, max_early_bytes=64 * 1024)
     tokens = b"".join(
         _ft.encode_data_header(4, "all_reduce", "float32", "sum", 0, 1, tag, 0, 10, 0, 0)
         for tag in range(10_000)

@@ -135,23 +135,27 @@ void bind_ft(py::module_& m) {
           py::arg("out"));
 
   py::class_<RingEngine>(m, "RingEngine", "The data plane of one epoch (see csrc/ft/ring_engine.h).")
-      .def(py::init([](int next_fd, int prev_fd, std::uint32_t rank, std::uint32_t world, std::uint64_t segment_bytes,
-                       std::uint64_t max_early_bytes, std::uint32_t spin_microseconds,
-                       std::vector<std::string> shared_memory_names) {
+      .def(py::init([](const std::vector<int>& next_fds, const std::vector<int>& prev_fds, std::uint32_t rank,
+                       std::uint32_t world, std::uint64_t segment_bytes, std::uint64_t max_early_bytes,
+                       std::uint32_t spin_microseconds, std::vector<std::string> shared_memory_names) {
              ft::EngineOptions options;
              options.segment_bytes = segment_bytes;
              options.max_early_bytes = max_early_bytes;
              options.spin_microseconds = spin_microseconds;
              options.shared_memory_names = std::move(shared_memory_names);
-             return std::make_unique<RingEngine>(transport::Socket(next_fd), transport::Socket(prev_fd), rank, world,
-                                                 options);
+             std::vector<transport::Socket> to_next;
+             std::vector<transport::Socket> from_prev;
+             for (int fd : next_fds) to_next.emplace_back(fd);
+             for (int fd : prev_fds) from_prev.emplace_back(fd);
+             return std::make_unique<RingEngine>(std::move(to_next), std::move(from_prev), rank, world, options);
            }),
-           py::arg("next_fd"), py::arg("prev_fd"), py::arg("rank"), py::arg("world"),
+           py::arg("next_fds"), py::arg("prev_fds"), py::arg("rank"), py::arg("world"),
            py::arg("segment_bytes") = ft::EngineOptions{}.segment_bytes,
            py::arg("max_early_bytes") = ft::EngineOptions{}.max_early_bytes,
            py::arg("spin_microseconds") = ft::EngineOptions{}.spin_microseconds,
            py::arg("shared_memory_names") = std::vector<std::string>{},
-           "Takes ownership of both file descriptors (pass -1 for a ring of one).")
+           "Takes ownership of every file descriptor: the pool of connections to the next peer and the one "
+           "from the previous peer (both empty for a ring of one).")
       .def(
           "submit",
           [](RingEngine& engine, const std::string& collective, py::array input, const std::string& dtype,
@@ -182,6 +186,9 @@ void bind_ft(py::module_& m) {
             engine.abort(reason);
           },
           py::arg("reason"))
+      .def_property_readonly("bytes_sent_per_connection", &RingEngine::bytes_sent_per_connection,
+                             "Bytes sent on each connection to the next peer.")
+      .def_property_readonly("connections", &RingEngine::connections)
       .def_property_readonly("failed", &RingEngine::failed)
       .def_property_readonly("failure", &RingEngine::failure)
       .def_property_readonly("rank", &RingEngine::rank)

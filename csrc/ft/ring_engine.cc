@@ -83,24 +83,32 @@ std::string socket_error(int fd) {
 
 }  // namespace
 
-RingEngine::RingEngine(transport::Socket to_next, transport::Socket from_prev, std::uint32_t rank,
-                       std::uint32_t world, EngineOptions options)
-    : to_next_(std::move(to_next)),
-      from_prev_(std::move(from_prev)),
-      rank_(rank),
-      world_(world),
-      options_(options),
-      header_in_(kDataHeaderBytes) {
+RingEngine::RingEngine(std::vector<transport::Socket> to_next, std::vector<transport::Socket> from_prev,
+                       std::uint32_t rank, std::uint32_t world, EngineOptions options)
+    : rank_(rank), world_(world), options_(options) {
   PYCOMM_ENFORCE(world >= 1 && rank < world, "rank ", rank, " is outside a ring of ", world, " peers");
   PYCOMM_ENFORCE(options.segment_bytes >= 64 && options.segment_bytes <= kMaxSegmentBytes,
                  "segment_bytes must be in [64, ", kMaxSegmentBytes, "], got ", options.segment_bytes);
   if (world == 1) return;
-  PYCOMM_ENFORCE(to_next_.valid() && from_prev_.valid(), "a ring of ", world, " peers needs both connections");
-  set_non_blocking(to_next_.fd());
-  set_non_blocking(from_prev_.fd());
+  PYCOMM_ENFORCE(!to_next.empty() && !from_prev.empty(), "a ring of ", world,
+                 " peers needs connections to the next and from the previous peer");
+  for (transport::Socket& socket : to_next) {
+    PYCOMM_ENFORCE(socket.valid(), "a connection to the next peer is not open");
+    set_non_blocking(socket.fd());
+    outgoing_.push_back(std::make_unique<Outgoing>());
+    outgoing_.back()->socket = std::move(socket);
+  }
+  for (transport::Socket& socket : from_prev) {
+    PYCOMM_ENFORCE(socket.valid(), "a connection from the previous peer is not open");
+    set_non_blocking(socket.fd());
+    receiving_.push_back(std::make_unique<Receiving>());
+    Receiving& from = *receiving_.back();
+    from.socket = std::move(socket);
+    from.header.resize(kDataHeaderBytes);
+    from.incoming = std::make_unique<Incoming>();
+  }
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) PYCOMM_THROW(IoError, "eventfd: ", std::strerror(errno));
-  incoming_ = std::make_unique<Incoming>();
   if (!options_.shared_memory_names.empty()) {
     PYCOMM_ENFORCE(options_.shared_memory_names.size() == world, "one shared-memory name per rank is needed, got ",
                    options_.shared_memory_names.size(), " for ", world);
@@ -206,10 +214,25 @@ void RingEngine::wake() {
   [[maybe_unused]] const ssize_t written = ::write(wake_fd_, &one, sizeof one);
 }
 
+std::vector<std::uint64_t> RingEngine::bytes_sent_per_connection() const {
+  std::vector<std::uint64_t> sent;
+  for (const auto& to : outgoing_) sent.push_back(to->sent.load());
+  return sent;
+}
+
+bool RingEngine::sending() const {
+  return std::any_of(outgoing_.begin(), outgoing_.end(), [](const auto& to) { return !to->queue.empty(); });
+}
+
 void RingEngine::run() {
   try {
     const auto spin = std::chrono::microseconds(options_.spin_microseconds);
     auto last_event = Clock::now();
+    // [0]: the wake-up eventfd; then every connection from the previous peer; then every one to the next.
+    std::vector<pollfd> fds(1 + receiving_.size() + outgoing_.size());
+    fds[0] = {wake_fd_, POLLIN, 0};
+    for (std::size_t i = 0; i < receiving_.size(); ++i) fds[1 + i] = {receiving_[i]->socket.fd(), POLLIN, 0};
+    const std::size_t first_out = 1 + receiving_.size();
     while (true) {
       std::vector<std::shared_ptr<RingOp>> starting;
       {
@@ -220,12 +243,12 @@ void RingEngine::run() {
       for (const auto& op : starting) start(op);
       if (advance_shared_memory()) last_event = Clock::now();
       write_available();
-      std::array<pollfd, 3> fds{};
-      fds[0] = {wake_fd_, POLLIN, 0};
-      fds[1] = {from_prev_.fd(), POLLIN, 0};
-      fds[2] = {to_next_.fd(), static_cast<short>(send_queue_.empty() ? 0 : POLLOUT), 0};
+      for (std::size_t i = 0; i < outgoing_.size(); ++i) {
+        fds[first_out + i] = {outgoing_[i]->socket.fd(), static_cast<short>(outgoing_[i]->queue.empty() ? 0 : POLLOUT),
+                              0};
+      }
       if (!starting.empty()) last_event = Clock::now();
-      const bool busy = !active_.empty() || !send_queue_.empty();
+      const bool busy = !active_.empty() || sending();
       int timeout = busy && Clock::now() - last_event < spin ? 0 : -1;
       if (!shared_memory_ops_.empty()) {
         // Shared memory rings no bell: poll it, yielding the core, and after a while without
@@ -247,10 +270,14 @@ void RingEngine::run() {
         std::uint64_t drained = 0;
         [[maybe_unused]] const ssize_t got = ::read(wake_fd_, &drained, sizeof drained);
       }
-      if (fds[1].revents != 0) read_available();
-      if ((fds[2].revents & (POLLERR | POLLHUP)) != 0) {
-        PYCOMM_THROW(IoError, "the connection to the next peer (rank ", (rank_ + 1) % world_,
-                     ") failed: ", socket_error(to_next_.fd()));
+      for (std::size_t i = 0; i < receiving_.size(); ++i) {
+        if (fds[1 + i].revents != 0) read_available(*receiving_[i]);
+      }
+      for (std::size_t i = 0; i < outgoing_.size(); ++i) {
+        if ((fds[first_out + i].revents & (POLLERR | POLLHUP)) != 0) {
+          PYCOMM_THROW(IoError, "connection ", i, " to the next peer (rank ", (rank_ + 1) % world_,
+                       ") failed: ", socket_error(outgoing_[i]->socket.fd()));
+        }
       }
     }
     std::string reason;
@@ -277,10 +304,13 @@ void RingEngine::fail_all(const std::string& reason) {
   active_.clear();
   shared_memory_ops_.clear();
   early_.clear();
-  send_queue_.clear();
   // Wakes the neighbours at once instead of leaving them to their deadlines.
-  ::shutdown(to_next_.fd(), SHUT_RDWR);
-  ::shutdown(from_prev_.fd(), SHUT_RDWR);
+  for (const auto& to : outgoing_) {
+    to->queue.clear();
+    to->queued_bytes = 0;
+    ::shutdown(to->socket.fd(), SHUT_RDWR);
+  }
+  for (const auto& from : receiving_) ::shutdown(from->socket.fd(), SHUT_RDWR);
 }
 
 void RingEngine::start(const std::shared_ptr<RingOp>& op) {
@@ -395,8 +425,7 @@ void RingEngine::queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std:
   header.step = step;
   header.segment = segment;
   header.length = static_cast<std::uint32_t>(bytes);
-  send_queue_.push_back(OutFrame{encode_data_header(header), data, bytes, 0, op});
-  op->sends_queued_++;
+  queue_frame(OutFrame{encode_data_header(header), data, bytes, 0, op});
 }
 
 void RingEngine::queue_token(const std::shared_ptr<RingOp>& op, std::uint32_t hops) {
@@ -405,8 +434,19 @@ void RingEngine::queue_token(const std::shared_ptr<RingOp>& op, std::uint32_t ho
   header.spec = op->spec();
   header.sequence = op->sequence();
   header.step = hops;
-  send_queue_.push_back(OutFrame{encode_data_header(header), nullptr, 0, 0, op});
-  op->sends_queued_++;
+  queue_frame(OutFrame{encode_data_header(header), nullptr, 0, 0, op});
+}
+
+void RingEngine::queue_frame(OutFrame frame) {
+  // The connection with the fewest bytes still to write: frames of one operation spread over the
+  // pool in proportion to how fast each connection drains.
+  Outgoing* to = outgoing_.front().get();
+  for (const auto& candidate : outgoing_) {
+    if (candidate->queued_bytes < to->queued_bytes) to = candidate.get();
+  }
+  frame.op->sends_queued_++;
+  to->queued_bytes += kDataHeaderBytes + frame.bytes;
+  to->queue.push_back(std::move(frame));
 }
 
 unsigned char* RingEngine::place(Incoming& in) {
@@ -591,27 +631,27 @@ bool RingEngine::advance_shared_memory() {
   return progress;
 }
 
-bool RingEngine::read_available() {
+void RingEngine::read_available(Receiving& from) {
   // Bounded per call so a fast sender cannot starve the writes to the next peer.
   std::uint64_t budget = std::uint64_t{16} << 20;
   const std::uint32_t prev = ring_index(std::int64_t{rank_} - 1, world_);
   while (budget > 0) {
     unsigned char* target;
     std::size_t want;
-    const bool in_header = header_filled_ < kDataHeaderBytes;
+    const bool in_header = from.header_filled < kDataHeaderBytes;
     if (in_header) {
-      target = header_in_.data() + header_filled_;
-      want = kDataHeaderBytes - header_filled_;
+      target = from.header.data() + from.header_filled;
+      want = kDataHeaderBytes - from.header_filled;
     } else {
-      target = payload_target_;
-      want = static_cast<std::size_t>(std::min<std::uint64_t>(payload_left_, budget));
+      target = from.payload_target;
+      want = static_cast<std::size_t>(std::min<std::uint64_t>(from.payload_left, budget));
     }
-    const ssize_t got = ::recv(from_prev_.fd(), target, want, 0);
+    const ssize_t got = ::recv(from.socket.fd(), target, want, 0);
     if (got == 0) {
       PYCOMM_THROW(IoError, "the previous peer (rank ", prev, ") closed its connection");
     }
     if (got < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       if (errno == EINTR) continue;
       PYCOMM_THROW(IoError, "the connection from the previous peer (rank ", prev,
                    ") failed: ", std::strerror(errno));
@@ -619,37 +659,41 @@ bool RingEngine::read_available() {
     const auto received = static_cast<std::uint64_t>(got);
     bytes_received_ += received;
     budget -= std::min(budget, received);
+    Incoming& incoming = *from.incoming;
     if (in_header) {
-      header_filled_ += received;
-      if (header_filled_ < kDataHeaderBytes) continue;
-      incoming_->header = decode_data_header(header_in_.data());
-      payload_left_ = incoming_->header.length;
-      payload_target_ = place(*incoming_);
-      if (!incoming_->op) {
-        early_payload_.assign(payload_left_, 0);
-        payload_target_ = early_payload_.data();
+      from.header_filled += received;
+      if (from.header_filled < kDataHeaderBytes) continue;
+      incoming.header = decode_data_header(from.header.data());
+      from.payload_left = incoming.header.length;
+      from.payload_target = place(incoming);
+      if (!incoming.op) {
+        from.early_payload.assign(from.payload_left, 0);
+        from.payload_target = from.early_payload.data();
       }
     } else {
-      payload_target_ += received;
-      payload_left_ -= received;
+      from.payload_target += received;
+      from.payload_left -= received;
     }
-    if (payload_left_ == 0) {
-      header_filled_ = 0;
-      if (incoming_->op) {
-        complete(*incoming_);
+    if (from.payload_left == 0) {
+      from.header_filled = 0;
+      if (incoming.op) {
+        complete(incoming);
       } else {
-        stash_early(EarlyFrame{incoming_->header, std::move(early_payload_)});
-        early_payload_.clear();
+        stash_early(EarlyFrame{incoming.header, std::move(from.early_payload)});
+        from.early_payload.clear();
       }
       write_available();
     }
   }
-  return true;
 }
 
-bool RingEngine::write_available() {
-  while (!send_queue_.empty()) {
-    OutFrame& frame = send_queue_.front();
+void RingEngine::write_available() {
+  for (const auto& to : outgoing_) write_available(*to);
+}
+
+bool RingEngine::write_available(Outgoing& to) {
+  while (!to.queue.empty()) {
+    OutFrame& frame = to.queue.front();
     std::array<iovec, 2> parts{};
     int count = 0;
     if (frame.written < kDataHeaderBytes) {
@@ -662,18 +706,21 @@ bool RingEngine::write_available() {
     msghdr message{};
     message.msg_iov = parts.data();
     message.msg_iovlen = count;
-    const ssize_t sent = ::sendmsg(to_next_.fd(), &message, MSG_NOSIGNAL);
+    const ssize_t sent = ::sendmsg(to.socket.fd(), &message, MSG_NOSIGNAL);
     if (sent < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
       if (errno == EINTR) continue;
       PYCOMM_THROW(IoError, "sending to the next peer (rank ", (rank_ + 1) % world_,
                    ") failed: ", std::strerror(errno));
     }
-    frame.written += static_cast<std::uint64_t>(sent);
-    bytes_sent_ += static_cast<std::uint64_t>(sent);
+    const auto written = static_cast<std::uint64_t>(sent);
+    frame.written += written;
+    to.queued_bytes -= written;
+    to.sent += written;
+    bytes_sent_ += written;
     if (frame.written < kDataHeaderBytes + frame.bytes) continue;
     std::shared_ptr<RingOp> op = std::move(frame.op);
-    send_queue_.pop_front();
+    to.queue.pop_front();
     op->sends_queued_--;
     maybe_complete(op);
   }

@@ -1,10 +1,13 @@
-// The data plane of one epoch: a ring of peers, each holding one TCP connection to the next peer
-// (it only sends there) and one from the previous peer (it only receives from there).
+// The data plane of one epoch: a ring of peers, each holding a pool of TCP connections to the next
+// peer (it only sends there) and one from the previous peer (it only receives from there).
 //
-// One thread per engine runs an event loop over both sockets and a wake-up eventfd: it reads
+// One thread per engine runs an event loop over every socket and a wake-up eventfd: it reads
 // frames from the previous peer straight into the operations' scratch buffers, reduces them, and
-// writes queued frames to the next peer without ever blocking on one socket while the other has
-// work. Operations are matched by (tag, sequence), where the sequence counts operations with that
+// writes queued frames to the next peer without ever blocking on one socket while another has
+// work. Striping: each frame goes to the connection to the next peer with the fewest bytes queued,
+// so one large operation spreads over the whole pool (a single TCP flow cannot fill a long, fat
+// link with default buffers). Frames are self-describing and placed wherever they arrive, so the
+// pool needs no ordering between its connections. Operations are matched by (tag, sequence), where the sequence counts operations with that
 // tag in this epoch, so any number of operations with different tags may be in flight, in any
 // order on different peers. Frames for an operation this peer has not started yet are buffered
 // (up to a limit).
@@ -60,10 +63,10 @@ struct TagState {
 
 class RingEngine {
  public:
-  // `to_next` and `from_prev` are connected stream sockets (ignored when world == 1; with world == 2
-  // they are two different connections to the same peer).
-  RingEngine(transport::Socket to_next, transport::Socket from_prev, std::uint32_t rank, std::uint32_t world,
-             EngineOptions options = {});
+  // `to_next` and `from_prev` are connected stream sockets, at least one each (both empty when
+  // world == 1; with world == 2 they are different connections to the same peer).
+  RingEngine(std::vector<transport::Socket> to_next, std::vector<transport::Socket> from_prev, std::uint32_t rank,
+             std::uint32_t world, EngineOptions options = {});
   ~RingEngine();
   RingEngine(const RingEngine&) = delete;
   RingEngine& operator=(const RingEngine&) = delete;
@@ -84,10 +87,31 @@ class RingEngine {
   // Counters for benchmarks and tests.
   std::uint64_t bytes_sent() const { return bytes_sent_.load(); }
   std::uint64_t bytes_received() const { return bytes_received_.load(); }
+  // Bytes sent on each connection to the next peer.
+  std::vector<std::uint64_t> bytes_sent_per_connection() const;
+  std::size_t connections() const { return outgoing_.size(); }
 
  private:
   struct OutFrame;
   struct EarlyFrame;
+  struct Incoming;
+  // One connection to the next peer and the frames queued on it.
+  struct Outgoing {
+    transport::Socket socket;
+    std::deque<OutFrame> queue;
+    std::uint64_t queued_bytes = 0;
+    std::atomic<std::uint64_t> sent{0};
+  };
+  // One connection from the previous peer and the frame being read from it.
+  struct Receiving {
+    transport::Socket socket;
+    std::vector<unsigned char> header;
+    std::size_t header_filled = 0;
+    unsigned char* payload_target = nullptr;
+    std::uint64_t payload_left = 0;
+    std::vector<unsigned char> early_payload;
+    std::unique_ptr<Incoming> incoming;
+  };
   using OpKey = std::pair<std::uint64_t, std::uint64_t>;  // (tag, sequence)
 
   void run();
@@ -96,7 +120,7 @@ class RingEngine {
   void queue_data(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step,
                   std::uint32_t segment, const unsigned char* data, std::uint64_t bytes);
   void queue_token(const std::shared_ptr<RingOp>& op, std::uint32_t hops);
-  struct Incoming;
+  void queue_frame(OutFrame frame);
   // Validates a frame's header against the operation it names; returns where its payload goes
   // (null for a barrier token, or for an early frame: then in.op is null too).
   unsigned char* place(Incoming& in);
@@ -109,13 +133,15 @@ class RingEngine {
   void complete_op(const std::shared_ptr<RingOp>& op);
   void reduce_gathered(RingOp& op);
   void maybe_complete(const std::shared_ptr<RingOp>& op);
-  bool read_available();
-  bool write_available();
+  void read_available(Receiving& from);
+  void write_available();
+  bool write_available(Outgoing& to);
+  bool sending() const;
   void fail_all(const std::string& reason);
   void wake();
 
-  transport::Socket to_next_;
-  transport::Socket from_prev_;
+  std::vector<std::unique_ptr<Outgoing>> outgoing_;
+  std::vector<std::unique_ptr<Receiving>> receiving_;
   const std::uint32_t rank_;
   const std::uint32_t world_;
   const EngineOptions options_;
@@ -136,13 +162,6 @@ class RingEngine {
   std::vector<std::shared_ptr<RingOp>> shared_memory_ops_;
   std::map<OpKey, std::vector<EarlyFrame>> early_;
   std::uint64_t early_bytes_ = 0;
-  std::deque<OutFrame> send_queue_;
-  std::vector<unsigned char> header_in_;
-  std::size_t header_filled_ = 0;
-  unsigned char* payload_target_ = nullptr;
-  std::uint64_t payload_left_ = 0;
-  std::vector<unsigned char> early_payload_;
-  std::unique_ptr<Incoming> incoming_;  // the frame being read from the previous peer
 
   std::atomic<std::uint64_t> bytes_sent_{0};
   std::atomic<std::uint64_t> bytes_received_{0};

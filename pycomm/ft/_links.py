@@ -2,8 +2,9 @@
 
 Every peer listens on one data port. A connection starts with a challenge from the acceptor and a
 LINK_HELLO from the connector naming the kind of link, the group, the epoch and both peer ids,
-signed with the group secret when there is one. Ring links are then handed, as raw file
-descriptors, to the C++ ring engine of that epoch; fetch links serve shared-state requests.
+signed with the group secret when there is one. A ring link is a pool of ``stripes`` connections
+(the hello says which one it is): the pool is handed, as raw file descriptors, to the C++ ring
+engine of that epoch, which stripes each operation over it. Fetch links serve shared-state requests.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pycomm.ft._protocol import (
 )
 
 HANDSHAKE_TIMEOUT = 5.0
+# The most connections one ring link may pool (a peer that announces more is refused).
+MAX_STRIPES = 64
 
 
 class DataListener:
@@ -47,7 +50,8 @@ class DataListener:
         self._socket = socket.create_server((host, 0), backlog=256)
         self._socket.settimeout(0.2)
         self.port = self._socket.getsockname()[1]
-        self._ring_links: dict[tuple[int, str], socket.socket] = {}
+        # (epoch, sender) -> (stripes announced, {stripe: socket}) for ring links still arriving.
+        self._ring_links: dict[tuple[int, str], tuple[int, dict[int, socket.socket]]] = {}
         self._fetch_channels: set[Channel] = set()
         self._arrived = threading.Condition()
         self._closing = threading.Event()
@@ -67,8 +71,9 @@ class DataListener:
             self._socket.shutdown(socket.SHUT_RDWR)
         self._socket.close()
         with self._arrived:
-            for sock in self._ring_links.values():
-                sock.close()
+            for _, pool in self._ring_links.values():
+                for sock in pool.values():
+                    sock.close()
             self._ring_links.clear()
             # A fetch server waiting for its peer's next request ends now, not at its timeout.
             for channel in self._fetch_channels:
@@ -102,11 +107,27 @@ class DataListener:
             epoch = field(hello, "epoch", int)
             sender = field(hello, "from", str)
             receiver = field(hello, "to", str)
-            verify(self._secret, hello.get("mac"), nonce, "link", kind, group, epoch, sender, receiver)
+            stripe = field(hello, "stripe", int)
+            stripes = field(hello, "stripes", int)
+            verify(
+                self._secret,
+                hello.get("mac"),
+                nonce,
+                "link",
+                kind,
+                group,
+                epoch,
+                sender,
+                receiver,
+                stripe,
+                stripes,
+            )
             if receiver != self.peer_id or group != self.group or kind not in ("ring", "fetch"):
                 raise CommError(
                     f"a {kind!r:.20} link for peer {receiver!r:.40} in group {group} reached this peer"
                 )
+            if not 0 <= stripe < stripes <= MAX_STRIPES:
+                raise CommError(f"connection {stripe} of a pool of {stripes} (at most {MAX_STRIPES})")
             channel.send(Message.LINK_ACCEPT, {})
         except (CommError, OSError):
             channel.close()
@@ -129,26 +150,33 @@ class DataListener:
             if self._closing.is_set():
                 sock.close()
                 return
-            old = self._ring_links.pop((epoch, sender), None)
-            if old is not None:
-                old.close()
-            self._ring_links[(epoch, sender)] = sock
+            announced, pool = self._ring_links.setdefault((epoch, sender), (stripes, {}))
+            if announced != stripes or stripe in pool:
+                # A peer that contradicts itself (or reconnects) starts its pool over.
+                for old in pool.values():
+                    old.close()
+                announced, pool = self._ring_links[(epoch, sender)] = (stripes, {})
+            pool[stripe] = sock
             self._arrived.notify_all()
 
-    def take_ring_link(self, epoch: int, sender: str, timeout: float) -> socket.socket:
-        """The ring link `sender` opened to this peer for `epoch`; drops links of older epochs."""
+    def take_ring_links(self, epoch: int, sender: str, timeout: float) -> list[socket.socket]:
+        """The pool of connections `sender` opened to this peer for `epoch`, in stripe order, once all
+        have arrived; drops links of older epochs."""
         deadline = time.monotonic() + timeout
         with self._arrived:
             while True:
                 for key in [k for k in self._ring_links if k[0] < epoch]:
-                    self._ring_links.pop(key).close()
-                sock = self._ring_links.pop((epoch, sender), None)
-                if sock is not None:
-                    return sock
+                    for old in self._ring_links.pop(key)[1].values():
+                        old.close()
+                stripes, pool = self._ring_links.get((epoch, sender), (0, {}))
+                if stripes and len(pool) == stripes:
+                    del self._ring_links[(epoch, sender)]
+                    return [pool[stripe] for stripe in range(stripes)]
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closing.is_set():
                     raise CommTimeout(
-                        f"the previous peer {sender[:8]} did not connect for epoch {epoch} in {timeout} s"
+                        f"the previous peer {sender[:8]} did not connect for epoch {epoch} in {timeout} s "
+                        f"({len(pool)} of {stripes or '?'} connections arrived)"
                     )
                 self._arrived.wait(left)
 
@@ -164,18 +192,26 @@ def open_link(
     receiver: str,
     secret: bytes | None,
     timeout: float,
-) -> Channel:
-    """Connects to a peer's data port and completes the link handshake."""
+    stripe: int = 0,
+    stripes: int | Callable[[float], int] = 1,
+) -> tuple[Channel, int]:
+    """Connects to a peer's data port and completes the link handshake; returns the channel and the
+    size of its pool. ``stripes`` may be a function of the round-trip time (seconds) that TCP's
+    connect took, for the first connection of a pool sized from it."""
+    started = time.perf_counter()
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as error:
         raise CommError(f"cannot reach peer {receiver[:8]} at {host}:{port}: {error}") from error
+    round_trip = time.perf_counter() - started
+    if callable(stripes):
+        stripes = stripes(round_trip)
     configure_stream(sock)
     channel = Channel(sock)
     try:
         challenge = channel.expect(Message.LINK_CHALLENGE, timeout=timeout)
         nonce = field(challenge, "nonce", str)
-        mac = sign(secret, nonce, "link", kind, group, epoch, sender, receiver)
+        mac = sign(secret, nonce, "link", kind, group, epoch, sender, receiver, stripe, stripes)
         channel.send(
             Message.LINK_HELLO,
             {
@@ -185,6 +221,8 @@ def open_link(
                 "epoch": epoch,
                 "from": sender,
                 "to": receiver,
+                "stripe": stripe,
+                "stripes": stripes,
                 "mac": mac,
             },
         )
@@ -193,4 +231,30 @@ def open_link(
         channel.close()
         raise
     sock.settimeout(None)
-    return channel
+    return channel, stripes
+
+
+def open_ring_pool(host: str, port: int, stripes: int | Callable[[float], int], **link: Any) -> list[Channel]:
+    """Opens a ring link's pool of connections: the first (which may size the pool from its round
+    trip), then the others at once, each on its own thread."""
+    first, count = open_link(host, port, kind="ring", stripe=0, stripes=stripes, **link)
+    channels: list[Channel | None] = [first] + [None] * (count - 1)
+    errors: list[BaseException] = []
+
+    def connect(stripe: int) -> None:
+        try:
+            channels[stripe] = open_link(host, port, kind="ring", stripe=stripe, stripes=count, **link)[0]
+        except BaseException as error:  # raised below, on the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=connect, args=(k,), daemon=True) for k in range(1, count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        for channel in channels:
+            if channel is not None:
+                channel.close()
+        raise errors[0]
+    return [channel for channel in channels if channel is not None]

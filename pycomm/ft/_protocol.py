@@ -29,7 +29,8 @@ from pycomm.errors import AuthenticationError, CommError, CommTimeout, Evicted, 
 
 _transport = core.transport
 
-PROTOCOL_VERSION = 1
+# 2: ring links are pools of connections (LINK_HELLO names the stripe and the pool size).
+PROTOCOL_VERSION = 2
 # Control messages are small; a peer claiming more is refused before anything is allocated.
 MAX_CONTROL_PAYLOAD = 1 << 20
 HEADER_BYTES = _transport.HEADER_BYTES

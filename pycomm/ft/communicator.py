@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import math
 import os
 import socket
 import threading
@@ -44,7 +45,7 @@ from pycomm.errors import (
     NotSupportedError,
     ProtocolError,
 )
-from pycomm.ft._links import DataListener, open_link
+from pycomm.ft._links import MAX_STRIPES, DataListener, open_ring_pool
 from pycomm.ft._protocol import (
     PROTOCOL_VERSION,
     Channel,
@@ -75,6 +76,8 @@ REDUCE_OPS = ("sum", "avg", "prod", "min", "max")
 INTERNAL_TAG_BASE = 1 << 63
 TAG_PENDING = INTERNAL_TAG_BASE + 1
 LINK_TIMEOUT = 5.0
+# The largest pool connections=None picks.
+AUTO_CONNECTIONS_MAX = 16
 # How long an abandoned operation waits for the master to start the next epoch.
 RECOVERY_WAIT = 30.0
 
@@ -152,6 +155,19 @@ def _new_result(template: Any, array: np.ndarray, dtype: str, shape: tuple) -> C
         return _like_input(template, out.reshape(shape), dtype)
 
     return result
+
+
+def _window_per_connection() -> int:
+    """Bytes one TCP connection can have in flight: half the smaller of the kernel's largest send and
+    receive buffers (autotuning keeps the other half for bookkeeping), 2 MiB where unreadable."""
+    limits = []
+    for name in ("tcp_wmem", "tcp_rmem"):
+        try:
+            with open(f"/proc/sys/net/ipv4/{name}") as handle:
+                limits.append(int(handle.read().split()[2]))
+        except (OSError, ValueError, IndexError):
+            return 2 << 20
+    return max(64 << 10, min(limits) // 2)
 
 
 def _positive(name: str, value: Any) -> float:
@@ -253,6 +269,10 @@ class Communicator:
     engine busy-polls between events before it sleeps; default 50) tune the data plane.
     ``shared_memory``: when every member runs on this machine, all-reduces go through shared
     memory (/dev/shm) instead of the ring's TCP links; False keeps them on TCP.
+    ``connections``: the pool of TCP connections to the next peer that every ring operation is
+    striped over. None sizes it per epoch from the link: the round trip TCP's connect took times
+    ``link_bandwidth`` (bytes/s; the fastest rate the link is expected to reach), divided by the
+    window one connection can use under the kernel's socket buffer limits, at most 16.
     """
 
     def __init__(
@@ -269,14 +289,21 @@ class Communicator:
         segment_bytes: int = 256 * 1024,
         spin_microseconds: int | None = None,
         shared_memory: bool = True,
+        link_bandwidth: float = 10e9 / 8,
     ) -> None:
-        if connections not in (None, 1):
-            raise NotSupportedError(
-                "striping one operation over several connections per neighbour is not in this version; "
-                "use connections=None or 1"
+        if connections is not None and (
+            isinstance(connections, bool)
+            or not isinstance(connections, int)
+            or not 1 <= connections <= MAX_STRIPES
+        ):
+            raise InvalidArgumentError(
+                f"connections must be None (sized from the link) or an int in [1, {MAX_STRIPES}], "
+                f"got {connections!r}"
             )
         if not isinstance(peer_group, int) or isinstance(peer_group, bool) or peer_group < 0:
             raise InvalidArgumentError(f"peer_group must be a non-negative int, got {peer_group!r}")
+        self._connections = connections
+        self.link_bandwidth = _positive("link_bandwidth", link_bandwidth)
         self.master_address = master
         self._master_host, self._master_port = parse_address(master)
         self.peer_group = peer_group
@@ -818,13 +845,13 @@ class Communicator:
     def _build_ring(self, epoch: int, members: list[dict], rank: int) -> Any:
         world = len(members)
         if world == 1:
-            return _ft.RingEngine(-1, -1, 0, 1, segment_bytes=self._segment_bytes)
+            return _ft.RingEngine([], [], 0, 1, segment_bytes=self._segment_bytes)
         after = members[(rank + 1) % world]
         before = members[(rank - 1) % world]
-        link = open_link(
+        links = open_ring_pool(
             after["host"],
             after["port"],
-            kind="ring",
+            self._connections if self._connections is not None else self._pool_size,
             group=self.peer_group,
             epoch=epoch,
             sender=self.peer_id,
@@ -833,19 +860,26 @@ class Communicator:
             timeout=LINK_TIMEOUT,
         )
         try:
-            incoming = self._listener.take_ring_link(epoch, before["id"], LINK_TIMEOUT)
+            incoming = self._listener.take_ring_links(epoch, before["id"], LINK_TIMEOUT)
         except BaseException:
-            link.close()
+            for link in links:
+                link.close()
             raise
         return _ft.RingEngine(
-            link.sock.detach(),
-            incoming.detach(),
+            [link.sock.detach() for link in links],
+            [sock.detach() for sock in incoming],
             rank,
             world,
             segment_bytes=self._segment_bytes,
             shared_memory_names=self._shared_memory_names(epoch, members),
             **({} if self._spin_microseconds is None else {"spin_microseconds": self._spin_microseconds}),
         )
+
+    def _pool_size(self, round_trip: float) -> int:
+        """Connections to the next peer for ``connections=None``: enough that their windows cover the
+        bandwidth-delay product of the link (one TCP flow moves at most its window per round trip)."""
+        product = self.link_bandwidth * round_trip
+        return max(1, min(AUTO_CONNECTIONS_MAX, math.ceil(product / _window_per_connection())))
 
     def _shared_memory_names(self, epoch: int, members: list[dict]) -> list[str]:
         """Segment names for the shared-memory all-reduce when every member runs beside this one."""

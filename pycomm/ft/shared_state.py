@@ -218,7 +218,7 @@ class _FetchServer:
 
 def _fetch_from(comm: Any, holder: dict, jobs: list, errors: list) -> None:
     try:
-        link = open_link(
+        link, _ = open_link(
             holder["host"],
             holder["port"],
             kind="fetch",
