@@ -164,6 +164,7 @@ def test_operations_striped_over_a_pool_of_connections(world: int) -> None:
             gathered = comm.all_gather(np.full(20_000, r, np.int32))
             scattered = comm.reduce_scatter(np.arange(90_001, dtype=np.int64) * (r + 1))
             return (
+                r,
                 x,
                 exact,
                 b,
@@ -176,8 +177,8 @@ def test_operations_striped_over_a_pool_of_connections(world: int) -> None:
         results = on_all(comms, run)
         expected = reference([peer_input("int64", "sum", r, 100_003) for r in range(world)], "int64", "sum")
         chunks = np.array_split(np.arange(90_001, dtype=np.int64) * sum(range(1, world + 1)), world)
-        for rank, (x, exact, b, gathered, scattered, connections, sent) in enumerate(results):
-            assert x.tobytes() == results[0][0].tobytes()
+        for rank, x, exact, b, gathered, scattered, connections, sent in results:
+            assert x.tobytes() == results[0][1].tobytes()
             assert exact.tobytes() == expected.tobytes()
             assert np.array_equal(b, np.arange(50_000))
             assert np.array_equal(
@@ -197,6 +198,85 @@ def test_the_pool_is_sized_from_the_round_trip_and_the_socket_buffers() -> None:
     assert comm._pool_size(50e-6) == 1  # loopback
     assert comm._pool_size(0.05) == min(AUTO_CONNECTIONS_MAX, -(-int(1e9 / 8 * 0.05) // window))
     assert comm._pool_size(10.0) == AUTO_CONNECTIONS_MAX
+
+
+def _half_step(values: np.ndarray, quantization: str) -> float:
+    """The largest rounding error of one quantized value of ``values`` (over its whole range, which
+    bounds every block's)."""
+    values = np.asarray(values, np.float64)
+    absmax = float(np.abs(values).max())
+    return {
+        "int8": absmax / 254,
+        "uint8": float(values.max() - values.min()) / 510,
+        "fp16": absmax * 2.0**-11,
+        "bf16": absmax * 2.0**-8,
+    }[quantization]
+
+
+_OUTPUT_ROUNDING = {"float32": 2.0**-24, "float64": 2.0**-53, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+
+
+@pytest.mark.parametrize("quantization", ["int8", "uint8", "fp16", "bf16"])
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_quantized_all_reduce_is_identical_everywhere_and_within_its_bound(
+    world: int, quantization: str
+) -> None:
+    # Every value is quantized once (each input, and each chunk's sum by its owner), so the error is
+    # at most half a step of every input plus half a step of the sum, however many hops there are.
+    size = 20_011
+    cases = [
+        ("float32", "sum"),
+        ("float32", "avg"),
+        ("float64", "sum"),
+        ("bfloat16", "sum"),
+        ("float16", "avg"),
+    ]
+    with local_group(world, segment_bytes=8192, shared_memory=False) as (_, comms):
+
+        def values(rank: int, dtype: str) -> np.ndarray:
+            x = np.random.default_rng(rank).standard_normal(size) * (1 + rank)
+            return to_bfloat16_bits(x) if dtype == "bfloat16" else x.astype(dtype)
+
+        def run(comm) -> list:
+            results = []
+            for tag, (dtype, op) in enumerate(cases):
+                x = values(comm.rank, dtype)
+                comm.all_reduce(x, op=op, quantization=quantization, tag=tag, dtype=dtype)
+                results.append(x)
+            return results
+
+        per_peer = on_all(comms, run)
+    for index, (dtype, op) in enumerate(cases):
+        got = per_peer[0][index]
+        assert all(peer[index].tobytes() == got.tobytes() for peer in per_peer), (dtype, op)
+        inputs = [values(rank, dtype) for rank in range(world)]
+        if dtype == "bfloat16":
+            inputs, got = [to_float(x, dtype) for x in inputs], to_float(got, dtype)
+        exact = np.sum(np.array(inputs, np.float64), axis=0)
+        bound = sum(_half_step(x, quantization) for x in inputs) + _half_step(exact, quantization)
+        bound += world * 2.0**-24 * np.abs(inputs).sum(axis=0).max()  # float32 sums
+        bound += np.abs(exact).max() * _OUTPUT_ROUNDING[dtype]
+        divisor = world if op == "avg" else 1
+        error = np.abs(np.asarray(got, np.float64) - exact / divisor).max()
+        assert error <= bound / divisor * (1 + 1e-6), (dtype, op, error, bound / divisor)
+        assert error > 0  # the values did go through the quantizer
+
+
+def test_int8_on_the_wire_sends_about_a_quarter_of_the_bytes() -> None:
+    size = 1 << 20
+    sent = {}
+    for quantization in (None, "int8"):
+        with local_group(2, shared_memory=False) as (_, comms):
+
+            def run(comm, quantization=quantization) -> int:
+                x = np.random.default_rng(comm.rank).standard_normal(size).astype(np.float32)
+                before = comm._engine.bytes_sent
+                comm.all_reduce(x, quantization=quantization)
+                return comm._engine.bytes_sent - before
+
+            sent[quantization] = max(on_all(comms, run))
+    # float32 values: 4 bytes each; int8 records: 1 byte and a float32 scale per 256 (+ headers).
+    assert sent["int8"] < 0.27 * sent[None], sent
 
 
 def test_concurrent_tagged_operations_in_different_orders_on_each_peer() -> None:
@@ -238,8 +318,12 @@ def test_torch_cpu_tensors_in_place_and_as_results() -> None:
 def test_wrong_use_gets_clear_errors() -> None:
     with local_group(1) as (_, (comm,)):
         x = np.zeros(8, np.float32)
-        with pytest.raises(NotSupportedError, match="quantiz"):
-            comm.all_reduce(x, quantization="int8")
+        with pytest.raises(InvalidArgumentError, match="one of int8, uint8, fp16, bf16"):
+            comm.all_reduce(x, quantization="int4")
+        with pytest.raises(InvalidArgumentError, match="sum or avg of a float dtype"):
+            comm.all_reduce(x, op="max", quantization="int8")
+        with pytest.raises(InvalidArgumentError, match="sum or avg of a float dtype"):
+            comm.all_reduce(np.zeros(8, np.int32), quantization="int8")
         with pytest.raises(InvalidArgumentError, match="reduce op"):
             comm.all_reduce(x, op="mean")
         with pytest.raises(InvalidArgumentError, match="tag"):

@@ -200,6 +200,8 @@ def test_garbage_on_a_ring_link_fails_the_operation_with_a_protocol_error() -> N
         (dict(count=999), "disagree"),
         (dict(step=5), "step 5"),
         (dict(segment=9), "segment 9"),
+        (dict(root=9), "unknown wire quantization 9"),
+        (dict(root=1), "disagree"),  # int8 on the wire, while this peer sends the values
     ],
 )
 def test_forged_data_frames_are_refused_with_what_was_wrong(header: dict, message: str) -> None:

@@ -89,7 +89,12 @@ void bind_ft(py::module_& m) {
         h.spec.collective = collective_from_name(collective);
         h.spec.dtype = dtype_from_name(dtype);
         h.spec.op = kernels::reduce_op_from_name(op);
-        h.spec.root = root;
+        // The raw field: a forged frame may carry any value (all_reduce: the wire quantization).
+        if (h.spec.collective == ft::Collective::all_reduce) {
+          h.spec.quantization = static_cast<ft::WireQuantization>(root);
+        } else {
+          h.spec.root = root;
+        }
         h.step = step;
         h.spec.tag = tag;
         h.sequence = sequence;
@@ -159,7 +164,8 @@ void bind_ft(py::module_& m) {
       .def(
           "submit",
           [](RingEngine& engine, const std::string& collective, py::array input, const std::string& dtype,
-             const std::string& op, std::uint64_t count, std::uint32_t root, std::uint64_t tag) {
+             const std::string& op, std::uint64_t count, std::uint32_t root, std::uint64_t tag,
+             const std::string& quantization) {
             ft::OpSpec spec;
             spec.collective = collective_from_name(collective);
             spec.dtype = dtype_from_name(dtype);
@@ -167,6 +173,11 @@ void bind_ft(py::module_& m) {
             spec.count = count;
             spec.root = root;
             spec.tag = tag;
+            spec.quantization = ft::wire_quantization_from_name(quantization);
+            PYCOMM_ENFORCE(!spec.quantized() || (spec.collective == ft::Collective::all_reduce &&
+                                                  (spec.op == kernels::ReduceOp::sum || spec.op == kernels::ReduceOp::avg) &&
+                                                  is_floating(spec.dtype)),
+                           "wire quantization takes an all_reduce with op sum or avg of a float dtype");
             PYCOMM_ENFORCE(root < engine.world(), "root ", root, " is not a rank of a group of ", engine.world());
             const ArrayView view = view_array(input, spec.dtype, false, "x");
             PYCOMM_ENFORCE(view.count == count, "x has ", view.count, " elements, the operation ", count);
@@ -178,7 +189,7 @@ void bind_ft(py::module_& m) {
             return handle;
           },
           py::arg("collective"), py::arg("input"), py::arg("dtype"), py::arg("op"), py::arg("count"), py::arg("root"),
-          py::arg("tag"))
+          py::arg("tag"), py::arg("quantization") = "none")
       .def(
           "abort",
           [](RingEngine& engine, const std::string& reason) {

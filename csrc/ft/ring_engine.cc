@@ -131,7 +131,9 @@ std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input
     state.tag = spec.tag;
     PYCOMM_ENFORCE(state.submitted == state.completed, "an operation with tag ", spec.tag,
                    " is already in flight; concurrent operations need different tags");
-    const bool shared = shared_memory_ != nullptr && spec.collective == Collective::all_reduce;
+    // A quantized all-reduce runs on the ring even among co-located peers: its result is defined by
+    // what its wire quantization keeps.
+    const bool shared = shared_memory_ != nullptr && spec.collective == Collective::all_reduce && !spec.quantized();
     if (shared) {
       // Each peer has kShmSlots slots; more operations in flight, issued in different orders on
       // different peers, could each hold slots the others wait for.
@@ -332,6 +334,11 @@ void RingEngine::start(const std::shared_ptr<RingOp>& op) {
   const auto* input = static_cast<const unsigned char*>(o.input_);
   switch (o.gathers_ ? Collective::all_gather : spec.collective) {
     case Collective::all_reduce:
+      if (spec.quantized()) {
+        start_quantized(op);
+        break;
+      }
+      [[fallthrough]];
     case Collective::reduce_scatter: {
       for (std::uint32_t step = 0; step + 1 < n; ++step) {
         o.receives_left_ += layout.segments(reduce_scatter_chunk(rank_, step, n));
@@ -504,6 +511,11 @@ unsigned char* RingEngine::place(Incoming& in) {
                       h.segment, " of a chunk with ", layout.segments(chunk), " segments");
   PYCOMM_ENFORCE_TYPE(ProtocolError, op.received_[index] == 0, "rank ", prev, " sent a segment of ",
                       h.spec.describe(), " twice");
+  if (op.spec().quantized()) {
+    unsigned char* target = place_quantized(op, h.phase, h.step, chunk, h.segment, h.length);
+    op.received_[index] = 1;
+    return target;
+  }
   const std::uint64_t expected = layout.segment_length(chunk, h.segment) * item;
   PYCOMM_ENFORCE_TYPE(ProtocolError, h.length == expected, "rank ", prev, " sent ", h.length,
                       " bytes for a segment of ", expected, " bytes");
@@ -522,6 +534,12 @@ void RingEngine::deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::ui
   const ChunkLayout& layout = o.layout_;
   const std::uint32_t n = world_;
   const std::size_t item = dtype_size(spec.dtype);
+  if (spec.quantized() && phase != Phase::barrier) {
+    deliver_quantized(op, phase, step, segment);
+    if (o.receives_left_ == 0 && !o.data_done_) on_data_done(op);
+    maybe_complete(op);
+    return;
+  }
   switch (phase) {
     case Phase::reduce_scatter: {
       const std::uint32_t chunk = reduce_scatter_chunk(rank_, step, n);

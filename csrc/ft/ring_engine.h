@@ -130,6 +130,14 @@ class RingEngine {
   void deliver(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t segment);
   void on_data_done(const std::shared_ptr<RingOp>& op);
   bool advance_shared_memory();
+  // The quantized all-reduce (quantized_ring.cc).
+  void start_quantized(const std::shared_ptr<RingOp>& op);
+  unsigned char* place_quantized(RingOp& op, Phase phase, std::uint32_t step, std::uint32_t chunk,
+                                 std::uint32_t segment, std::uint32_t length);
+  void deliver_quantized(const std::shared_ptr<RingOp>& op, Phase phase, std::uint32_t step, std::uint32_t segment);
+  static unsigned char* step_slot(const RingOp& op, std::uint32_t step, std::uint32_t segment);
+  static unsigned char* result_slot(const RingOp& op, std::uint32_t chunk, std::uint32_t segment);
+  static const unsigned char* input_at(const RingOp& op, std::uint64_t element);
   void complete_op(const std::shared_ptr<RingOp>& op);
   void reduce_gathered(RingOp& op);
   void maybe_complete(const std::shared_ptr<RingOp>& op);

@@ -20,7 +20,7 @@ const char* collective_name(Collective collective) {
 
 bool OpSpec::same_operation(const OpSpec& other) const {
   return collective == other.collective && dtype == other.dtype && op == other.op && root == other.root &&
-         count == other.count && tag == other.tag;
+         count == other.count && tag == other.tag && quantization == other.quantization;
 }
 
 std::string OpSpec::describe() const {
@@ -30,6 +30,7 @@ std::string OpSpec::describe() const {
     out << ", op " << kernels::reduce_op_name(op);
   }
   if (collective == Collective::broadcast) out << ", root " << root;
+  if (quantized()) out << ", " << wire_quantization_name(quantization) << " on the wire";
   out << ")";
   return out.str();
 }
@@ -79,7 +80,8 @@ RingOp::RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, s
     result_ = Scratch(spec.count * item);
     return;
   }
-  gathers_ = spec.collective == Collective::all_reduce && world > 1 && spec.count * item <= kGatherAllReduceBytes;
+  gathers_ = spec.collective == Collective::all_reduce && world > 1 && !spec.quantized() &&
+             spec.count * item <= kGatherAllReduceBytes;
   layout_.chunks = spec.collective == Collective::broadcast ? 1 : world;
   layout_.total = spec.collective == Collective::all_gather || gathers_ ? spec.count * world : spec.count;
   layout_.segment_elements = std::max<std::uint64_t>(1, segment_bytes / widest);
@@ -88,7 +90,19 @@ RingOp::RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, s
     result_ = Scratch(spec.count * item);
     return;
   }
-  if (reduces(spec.collective)) accumulator_buffer_ = Scratch(layout_.total * dtype_size(accumulator_));
+  if (spec.quantized() && world > 1) {
+    // Records of one segment each: a reduce-scatter step s frame carries s + 1 of them, and this
+    // peer keeps s + 2 (its own in front) to forward at step s + 1; see quantized_ring.cc.
+    const std::uint64_t segments = layout_.segments(0);
+    wire_record_max_ = wire_record_bytes(spec.quantization, layout_.segment_elements);
+    const std::uint64_t slots = std::uint64_t{world - 1} * (world + 2) / 2;
+    wire_steps_ = Scratch(slots * segments * wire_record_max_);
+    wire_first_ = Scratch(segments * wire_record_max_);
+    wire_results_ = Scratch(std::uint64_t{world} * segments * wire_record_max_);
+    wire_scratch_ = Scratch(2 * layout_.segment_elements * sizeof(float));
+  } else if (reduces(spec.collective)) {
+    accumulator_buffer_ = Scratch(layout_.total * dtype_size(accumulator_));
+  }
   const std::uint64_t result_elements =
       spec.collective == Collective::reduce_scatter ? layout_.chunk_length(rank) : layout_.total;
   result_ = Scratch(result_elements * item);

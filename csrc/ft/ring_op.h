@@ -21,6 +21,7 @@
 
 #include "common/dtype.h"
 #include "ft/scratch.h"
+#include "ft/wire_codec.h"
 #include "kernels/reduce.h"
 
 namespace pycomm::ft {
@@ -39,7 +40,10 @@ struct OpSpec {
   // reduce_scatter: elements of the input (every peer's result is one chunk of it).
   std::uint64_t count = 0;
   std::uint64_t tag = 0;
+  // all_reduce: what travels on the wire (see quantized_ring.cc); none sends the values as they are.
+  WireQuantization quantization = WireQuantization::none;
 
+  bool quantized() const { return quantization != WireQuantization::none; }
   bool same_operation(const OpSpec& other) const;
   std::string describe() const;
 };
@@ -113,6 +117,14 @@ class RingOp {
   std::uint32_t shm_slot_ = 0;
   std::uint64_t shm_round_ = 0;
   std::uint64_t shm_rounds_ = 0;
+
+  // Quantized all-reduce (quantized_ring.cc): records received in each reduce-scatter step, the
+  // records this peer sends first, the final records of every chunk, and a float32 work area.
+  Scratch wire_steps_;
+  Scratch wire_first_;
+  Scratch wire_results_;
+  Scratch wire_scratch_;
+  std::size_t wire_record_max_ = 0;  // bytes of the record of a whole segment
 
   // Where all-gather frames land: the gather buffer of a small all-reduce, else the result.
   unsigned char* all_gather_base() const { return gathers_ ? gathered_.data() : result_.data(); }

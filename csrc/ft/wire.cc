@@ -11,7 +11,9 @@ DataHeaderBytes encode_data_header(const DataHeader& header) {
   out[5] = static_cast<unsigned char>(header.spec.collective);
   out[6] = static_cast<unsigned char>(header.spec.dtype);
   out[7] = static_cast<unsigned char>(header.spec.op);
-  put_little_endian<std::uint32_t>(out.data() + 8, header.spec.root);
+  const bool all_reduce = header.spec.collective == Collective::all_reduce;
+  put_little_endian<std::uint32_t>(out.data() + 8, all_reduce ? static_cast<std::uint32_t>(header.spec.quantization)
+                                                              : header.spec.root);
   put_little_endian<std::uint32_t>(out.data() + 12, header.step);
   put_little_endian<std::uint64_t>(out.data() + 16, header.spec.tag);
   put_little_endian<std::uint64_t>(out.data() + 24, header.sequence);
@@ -35,7 +37,14 @@ DataHeader decode_data_header(const unsigned char* bytes) {
   header.spec.collective = static_cast<Collective>(bytes[5]);
   header.spec.dtype = static_cast<DType>(bytes[6]);
   header.spec.op = static_cast<kernels::ReduceOp>(bytes[7]);
-  header.spec.root = get_little_endian<std::uint32_t>(bytes + 8);
+  const auto root = get_little_endian<std::uint32_t>(bytes + 8);
+  if (header.spec.collective == Collective::all_reduce) {
+    PYCOMM_ENFORCE_TYPE(ProtocolError, root < kWireQuantizationCount, "data frame with unknown wire quantization ",
+                        root);
+    header.spec.quantization = static_cast<WireQuantization>(root);
+  } else {
+    header.spec.root = root;
+  }
   header.step = get_little_endian<std::uint32_t>(bytes + 12);
   header.spec.tag = get_little_endian<std::uint64_t>(bytes + 16);
   header.sequence = get_little_endian<std::uint64_t>(bytes + 24);
