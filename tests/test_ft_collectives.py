@@ -340,8 +340,10 @@ def test_wrong_use_gets_clear_errors() -> None:
             comm.all_reduce(np.zeros(4, np.complex64))
         with pytest.raises(InvalidArgumentError, match="root"):
             comm.broadcast(x, root=3)
-        with pytest.raises(NotSupportedError):
-            comm.optimize_topology()
+        with pytest.raises(InvalidArgumentError, match="probe_bytes"):
+            comm.optimize_topology(probe_bytes=0)
+        with pytest.raises(InvalidArgumentError, match="1 x 1 matrix"):
+            comm.optimize_topology(bandwidths=np.ones((2, 2)))
     from pycomm.ft import Communicator
 
     for connections in (0, 65, 2.5, True):

@@ -11,7 +11,7 @@ next epoch), and keeps a :class:`SharedState` bit-identical across members.
 """
 
 from pycomm.errors import Aborted, AuthenticationError, CommError, CommTimeout, Evicted, ProtocolError
-from pycomm.ft.communicator import Communicator, OpInfo, Work
+from pycomm.ft.communicator import Communicator, OpInfo, RingPlan, Work
 from pycomm.ft.master import Master
 from pycomm.ft.shared_state import SharedState, SyncInfo
 
@@ -25,6 +25,7 @@ __all__ = [
     "Master",
     "OpInfo",
     "ProtocolError",
+    "RingPlan",
     "SharedState",
     "SyncInfo",
     "Work",

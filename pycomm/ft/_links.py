@@ -4,7 +4,8 @@ Every peer listens on one data port. A connection starts with a challenge from t
 LINK_HELLO from the connector naming the kind of link, the group, the epoch and both peer ids,
 signed with the group secret when there is one. A ring link is a pool of ``stripes`` connections
 (the hello says which one it is): the pool is handed, as raw file descriptors, to the C++ ring
-engine of that epoch, which stripes each operation over it. Fetch links serve shared-state requests.
+engine of that epoch, which stripes each operation over it. Fetch links serve shared-state requests;
+probe links receive a burst of bytes and say when it has all arrived (``measure_bandwidth``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from pycomm.ft._protocol import (
 )
 
 HANDSHAKE_TIMEOUT = 5.0
+# The largest burst a probe link accepts.
+MAX_PROBE_BYTES = 1 << 30
+PROBE_TIMEOUT = 60.0
 # The most connections one ring link may pool (a peer that announces more is refused).
 MAX_STRIPES = 64
 
@@ -122,7 +126,7 @@ class DataListener:
                 stripe,
                 stripes,
             )
-            if receiver != self.peer_id or group != self.group or kind not in ("ring", "fetch"):
+            if receiver != self.peer_id or group != self.group or kind not in ("ring", "fetch", "probe"):
                 raise CommError(
                     f"a {kind!r:.20} link for peer {receiver!r:.40} in group {group} reached this peer"
                 )
@@ -131,6 +135,14 @@ class DataListener:
             channel.send(Message.LINK_ACCEPT, {})
         except (CommError, OSError):
             channel.close()
+            return
+        if kind == "probe":
+            try:
+                _absorb_probe(channel)
+            except (CommError, OSError):
+                pass  # the prober sees its probe fail
+            finally:
+                channel.close()
             return
         if kind == "fetch":
             with self._arrived:
@@ -179,6 +191,52 @@ class DataListener:
                         f"({len(pool)} of {stripes or '?'} connections arrived)"
                     )
                 self._arrived.wait(left)
+
+
+def _absorb_probe(channel: Channel) -> None:
+    request = channel.expect(Message.PROBE, timeout=PROBE_TIMEOUT)
+    length = field(request, "length", int)
+    if not 0 < length <= MAX_PROBE_BYTES:
+        raise CommError(f"a probe of {length} bytes (at most {MAX_PROBE_BYTES})")
+    sink = memoryview(bytearray(min(length, 1 << 20)))
+    left = length
+    while left:
+        chunk = min(left, len(sink))
+        channel.receive_into(sink[:chunk], timeout=PROBE_TIMEOUT)
+        left -= chunk
+    channel.send(Message.PROBE_DONE, {})
+
+
+def measure_bandwidth(host: str, port: int, total_bytes: int, streams: int, **link: Any) -> float:
+    """Bytes/s from this peer to the one at host:port: ``total_bytes`` sent at once over ``streams``
+    probe connections, timed from the first byte until every stream's receiver said it had all."""
+    channels = [open_link(host, port, kind="probe", **link)[0] for _ in range(streams)]
+    try:
+        share = max(1, total_bytes // streams)
+        payload = memoryview(bytes(share))
+        errors: list[BaseException] = []
+
+        def burst(channel: Channel) -> None:
+            try:
+                channel.send(Message.PROBE, {"length": share})
+                channel.send_raw(payload, timeout=PROBE_TIMEOUT)
+                channel.expect(Message.PROBE_DONE, timeout=PROBE_TIMEOUT)
+            except BaseException as error:  # raised below, on the caller's thread
+                errors.append(error)
+
+        threads = [threading.Thread(target=burst, args=(c,), daemon=True) for c in channels]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        if errors:
+            raise errors[0]
+        return share * streams / elapsed
+    finally:
+        for channel in channels:
+            channel.close()
 
 
 def open_link(

@@ -56,6 +56,8 @@ class Message(enum.IntEnum):
     LINK_ACCEPT = 22
     FETCH = 23
     FETCH_REPLY = 24
+    PROBE = 25
+    PROBE_DONE = 26
 
 
 def new_nonce() -> str:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pycomm import kernels
 from pycomm._arrays import FLOAT_DTYPES, as_array
 from pycomm._native import core
 from pycomm.errors import (
@@ -42,10 +43,9 @@ from pycomm.errors import (
     CommTimeout,
     Evicted,
     InvalidArgumentError,
-    NotSupportedError,
     ProtocolError,
 )
-from pycomm.ft._links import MAX_STRIPES, DataListener, open_ring_pool
+from pycomm.ft._links import MAX_PROBE_BYTES, MAX_STRIPES, DataListener, measure_bandwidth, open_ring_pool
 from pycomm.ft._protocol import (
     PROTOCOL_VERSION,
     Channel,
@@ -57,6 +57,7 @@ from pycomm.ft._protocol import (
     sign,
     verify,
 )
+from pycomm.ft.ring_order import best_ring, score
 
 _ft = core.ft
 
@@ -75,6 +76,8 @@ REDUCE_OPS = ("sum", "avg", "prod", "min", "max")
 # Tags at or above this value are reserved for pycomm's own operations (pending_peers, shared state).
 INTERNAL_TAG_BASE = 1 << 63
 TAG_PENDING = INTERNAL_TAG_BASE + 1
+TAG_PROBE = INTERNAL_TAG_BASE + 6  # pycomm.ft.shared_state uses + 2 ... + 5
+TAG_BANDWIDTH = INTERNAL_TAG_BASE + 7
 LINK_TIMEOUT = 5.0
 # What an all-reduce may put on the wire instead of the values (see csrc/ft/quantized_ring.cc).
 WIRE_QUANTIZATIONS = ("int8", "uint8", "fp16", "bf16")
@@ -172,6 +175,12 @@ def _window_per_connection() -> int:
     return max(64 << 10, min(limits) // 2)
 
 
+def _positive_int(name: str, value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise InvalidArgumentError(f"{name} must be an int in [1, {limit}], got {value!r}")
+    return value
+
+
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise InvalidArgumentError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -185,6 +194,18 @@ def _user_tag(tag: Any, internal: bool = False) -> int:
             f"tag must be an int in [0, 2**63) (larger tags are pycomm's own), got {tag!r}"
         )
     return tag
+
+
+@dataclasses.dataclass
+class RingPlan:
+    """What optimize_topology() decided: the member ids in ring order, the measured (or given)
+    bandwidth matrix in the old epoch's rank order (bytes/s, row = sender), the ring's bottleneck
+    bandwidth, and whether the ring changed (a new epoch began)."""
+
+    order: list[str]
+    bandwidth: np.ndarray
+    bottleneck: float
+    changed: bool
 
 
 class Work:
@@ -571,10 +592,85 @@ class Communicator:
 
         return synchronize(self, state, strategy)
 
-    def optimize_topology(self) -> None:
-        raise NotSupportedError(
-            "optimize_topology(): measuring links and reordering the ring is not in this version"
+    def optimize_topology(
+        self,
+        bandwidths: Any = None,
+        *,
+        probe_bytes: int = 8 << 20,
+        min_gain: float = 0.1,
+        timeout: float | None = None,
+    ) -> RingPlan:
+        """Measures the bandwidth from every member to every other, picks the fastest ring order
+        (:mod:`pycomm.ft.ring_order`: the largest bottleneck, then the least time per byte) and, if
+        it differs from the current one, moves the group into a new epoch whose ring has that
+        order. A collective among the members with nothing in flight, like update_topology().
+
+        Each member sends ``probe_bytes`` to every other over ``connections`` streams (4 when the
+        pool is sized automatically), one peer at a time, all members at once in a pattern where
+        no two probes share a sender or a receiver. ``bandwidths`` (a members x members matrix in
+        rank order, the same on every member) skips the measurement. The ring changes only when the
+        best order is faster than the current one by more than ``min_gain`` (0.1: a 10% larger
+        bottleneck, or as large a one and 10% less time per byte), so measurement noise does not
+        reorder it.
+        """
+        with self._lock:
+            self._raise_if_unusable()
+            if self._inflight:
+                raise InvalidArgumentError(
+                    f"optimize_topology() with {len(self._inflight)} operation(s) in flight; "
+                    "wait for them first"
+                )
+            epoch, members, rank = self._epoch, list(self._members), self._rank
+        world = len(members)
+        if bandwidths is None:
+            probe_bytes = _positive_int("probe_bytes", probe_bytes, MAX_PROBE_BYTES)
+            row = np.zeros(world, np.float64)
+            streams = self._connections or 4
+            for shift in range(1, world):
+                self.agree_max(0, TAG_PROBE)  # the previous round has ended everywhere
+                target = members[(rank + shift) % world]
+                row[(rank + shift) % world] = measure_bandwidth(
+                    target["host"],
+                    target["port"],
+                    probe_bytes,
+                    streams,
+                    group=self.peer_group,
+                    epoch=epoch,
+                    sender=self.peer_id,
+                    receiver=target["id"],
+                    secret=self._secret,
+                    timeout=LINK_TIMEOUT,
+                )
+            matrix = self.all_gather_async(row, tag=TAG_BANDWIDTH, internal=True).wait()
+        else:
+            matrix = np.asarray(bandwidths, np.float64)
+            if matrix.shape != (world, world):
+                raise InvalidArgumentError(
+                    f"bandwidths must be a {world} x {world} matrix, got {matrix.shape}"
+                )
+            digests = self.all_gather_async(
+                np.array([kernels.hash64(matrix)], np.uint64), tag=TAG_BANDWIDTH, internal=True
+            ).wait()
+            if len(set(digests.reshape(-1).tolist())) != 1:
+                raise InvalidArgumentError("the members passed different bandwidth matrices")
+        if not min_gain >= 0:
+            raise InvalidArgumentError(f"min_gain must be >= 0, got {min_gain!r}")
+        order = best_ring(matrix.tolist())
+        (best_bottleneck, best_time), (bottleneck, time_per_byte) = (
+            score(order, matrix.tolist()),
+            score(list(range(world)), matrix.tolist()),
         )
+        faster = best_bottleneck > bottleneck * (1 + min_gain) or (
+            best_bottleneck >= bottleneck and best_time < time_per_byte * (1 - min_gain)
+        )
+        if not faster:
+            order, best_bottleneck = list(range(world)), bottleneck
+        plan = RingPlan([members[index]["id"] for index in order], matrix, best_bottleneck, False)
+        if faster:
+            self._send_control(Message.UPDATE_TOPOLOGY, {"epoch": epoch, "order": plan.order})
+            self._wait_for_epoch_after(epoch, self.timeout if timeout is None else timeout)
+            plan.changed = True
+        return plan
 
     # -- internals: submitting and settling operations ----------------------------------------
 

@@ -78,6 +78,8 @@ class _Group:
     members: list = dataclasses.field(default_factory=list)  # member entries, ring order
     pending: list = dataclasses.field(default_factory=list)  # peer ids waiting for admission
     update_requests: set = dataclasses.field(default_factory=set)
+    # The ring order each requester asked for (optimize_topology), or None (update_topology).
+    update_orders: dict = dataclasses.field(default_factory=dict)
     recovery: _Recovery | None = None
     rejoin_deadline: float | None = None  # set while a restarted master waits for members
 
@@ -393,12 +395,16 @@ class Master:
                 return
             if kind == Message.UPDATE_TOPOLOGY:
                 epoch = field(body, "epoch", int)
+                order = body.get("order")
+                if order is not None and (
+                    not isinstance(order, list) or not all(isinstance(peer, str) for peer in order)
+                ):
+                    raise ProtocolError("an UPDATE_TOPOLOGY order must be a list of peer ids")
                 if group.recovery is None and epoch == group.epoch and session.peer_id in group.member_ids():
                     group.update_requests.add(session.peer_id)
+                    group.update_orders[session.peer_id] = None if order is None else tuple(order)
                     if group.update_requests >= set(group.member_ids()):
-                        self._new_epoch(
-                            session.group, admit_pending=True, commits=[], reason="update_topology"
-                        )
+                        self._update_topology(session.group)
                 return
             if kind == Message.FAILURE:
                 epoch = field(body, "epoch", int)
@@ -412,6 +418,23 @@ class Master:
                 self._try_finish_recovery(session.group)
                 return
             raise ProtocolError(f"a peer may not send {kind.name}")
+
+    def _update_topology(self, group_id: int) -> None:
+        """Every member asked for the next epoch: admit the waiting peers (update_topology), or put
+        the ring in the order every member asked for (optimize_topology)."""
+        group = self._groups[group_id]
+        orders = set(group.update_orders.values())
+        if orders == {None}:
+            self._new_epoch(group_id, admit_pending=True, commits=[], reason="update_topology")
+            return
+        order = next(iter(orders)) if len(orders) == 1 else None
+        by_id = {entry["id"]: entry for entry in group.members}
+        if order is None or sorted(order) != sorted(by_id):
+            self._log(f"group {group_id}: members asked for different ring orders; the order stays")
+            self._new_epoch(group_id, admit_pending=True, commits=[], reason="update_topology")
+            return
+        group.members = [by_id[peer_id] for peer_id in order]
+        self._new_epoch(group_id, admit_pending=False, commits=[], reason="optimize_topology")
 
     def _drop(self, session: _Session, reason: str) -> None:
         """Forgets a session and evicts it from its group (lock held or not)."""
@@ -450,6 +473,7 @@ class Master:
         group = self._groups[group_id]
         group.recovery = _Recovery(group.epoch, reason, time.monotonic() + self.recovery_timeout)
         group.update_requests.clear()
+        group.update_orders.clear()
         self._log(f"group {group_id}: epoch {group.epoch} ended: {reason}")
         for peer_id in group.member_ids():
             self._send(peer_id, Message.END_EPOCH, {"epoch": group.epoch, "reason": reason})
@@ -484,6 +508,7 @@ class Master:
             group.pending.clear()
         group.epoch += 1
         group.update_requests.clear()
+        group.update_orders.clear()
         self._log(f"group {group_id}: epoch {group.epoch} with {len(group.members)} member(s) ({reason})")
         message = {
             "epoch": group.epoch,

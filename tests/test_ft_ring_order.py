@@ -1,0 +1,122 @@
+"""Ring order from measured bandwidths: the solver against brute force and with slow links to
+avoid, and optimize_topology() moving a group onto the new ring (the master's member order, a
+correct all-reduce afterwards), measuring real links on loopback, and refusing inconsistent input.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pycomm.errors import InvalidArgumentError
+from pycomm.ft.ring_order import EXACT_LIMIT, best_ring, score
+from pycomm.testing.ft import local_group, on_all
+
+
+def _brute_force(matrix: list[list[float]]) -> tuple[float, float]:
+    n = len(matrix)
+    scores = [score([0, *rest], matrix) for rest in itertools.permutations(range(1, n))]
+    bottleneck = max(s[0] for s in scores)
+    return bottleneck, min(s[1] for s in scores if s[0] >= bottleneck * (1 - 1e-9))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
+def test_exact_solver_finds_the_best_ring(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for _ in range(5):
+        matrix = rng.uniform(1e8, 1e9, (n, n)).tolist()
+        order = best_ring(matrix)
+        assert sorted(order) == list(range(n)) and order[0] == 0
+        best = _brute_force(matrix) if n > 1 else (np.inf, 0.0)
+        got = score(order, matrix)
+        assert got[0] == pytest.approx(best[0]) and got[1] == pytest.approx(best[1])
+
+
+def test_a_slow_link_is_avoided_in_one_direction_only() -> None:
+    matrix = np.full((6, 6), 1e9)
+    matrix[2][3] = 1e7  # 2 -> 3 is slow; 3 -> 2 is not
+    order = best_ring(matrix.tolist())
+    hops = {(order[k], order[(k + 1) % 6]) for k in range(6)}
+    assert (2, 3) not in hops
+    assert score(order, matrix.tolist())[0] == 1e9
+
+
+def test_the_heuristic_avoids_slow_links_beyond_the_exact_limit() -> None:
+    n = EXACT_LIMIT + 4
+    rng = np.random.default_rng(0)
+    matrix = rng.uniform(0.8e9, 1e9, (n, n))
+    slow = [(0, 1), (1, 0), (5, 6), (7, 2), (2, 7), (9, 3)]
+    for i, j in slow:
+        matrix[i][j] = 1e6
+    # The natural order 0, 1, 2, ... uses a slow hop; a good ring uses none.
+    assert score(list(range(n)), matrix.tolist())[0] == 1e6
+    order = best_ring(matrix.tolist())
+    assert sorted(order) == list(range(n)) and order[0] == 0
+    assert score(order, matrix.tolist())[0] >= 0.8e9
+
+
+@pytest.mark.parametrize(
+    "matrix, message",
+    [([], "square"), ([[0, 1], [1]], "square"), ([[0, -1], [1, 0]], "bandwidth\\[0\\]\\[1\\]")],
+)
+def test_bad_matrices_are_refused(matrix, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        best_ring(matrix)
+
+
+def test_optimize_topology_moves_the_group_onto_the_faster_ring() -> None:
+    with local_group(4, shared_memory=False) as (master, comms):
+        matrix = np.full((4, 4), 1e9)
+        matrix[0][1] = 1e7  # the current ring's hop from rank 0 to rank 1 is slow
+
+        def run(comm):
+            before = comm.members
+            epoch = comm.epoch
+            plan = comm.optimize_topology(bandwidths=matrix)
+            x = np.arange(1000, dtype=np.float32) * (comm.rank + 1)
+            comm.all_reduce(x)
+            again = comm.optimize_topology(bandwidths=np.full((4, 4), 1e9))
+            return before, epoch, plan, comm.epoch, comm.members, x, again
+
+        results = on_all(comms, run)
+        ring_at_the_master = master.group_state()["members"]
+    before, epoch, plan, new_epoch, members, x, again = results[0]
+    assert ring_at_the_master == members
+    assert plan.changed and new_epoch == epoch + 1
+    assert plan.order == members and plan.bottleneck == 1e9
+    assert (before[0], before[1]) not in {(members[k], members[(k + 1) % 4]) for k in range(4)}
+    assert not again.changed  # every ring is as fast now: no new epoch
+    for _, _, other, _, other_members, other_x, _ in results:
+        assert other.order == plan.order and other_members == members
+        assert other_x.tobytes() == x.tobytes()
+    np.testing.assert_array_equal(x, np.arange(1000, dtype=np.float32) * 10)
+
+
+def test_optimize_topology_measures_every_link_on_loopback() -> None:
+    with local_group(3, shared_memory=False) as (_, comms):
+
+        def run(comm):
+            plan = comm.optimize_topology(probe_bytes=1 << 20, min_gain=1e9)  # measure, keep the ring
+            return plan, comm.epoch
+
+        results = on_all(comms, run)
+    for plan, epoch in results:
+        assert not plan.changed and epoch == results[0][1]
+        assert np.array_equal(plan.bandwidth, results[0][0].bandwidth)  # one matrix, agreed
+        off_diagonal = plan.bandwidth[~np.eye(3, dtype=bool)]
+        assert np.all(off_diagonal > 0) and np.all(np.diag(plan.bandwidth) == 0)
+
+
+def test_members_with_different_matrices_are_refused_everywhere() -> None:
+    with local_group(2, shared_memory=False) as (_, comms):
+
+        def run(comm):
+            try:
+                comm.optimize_topology(bandwidths=np.full((2, 2), 1e9 + comm.rank))
+            except InvalidArgumentError as error:
+                return str(error)
+            return "accepted"
+
+        assert on_all(comms, run) == ["the members passed different bandwidth matrices"] * 2
