@@ -11,6 +11,11 @@ outer step), and then receive the global state from a member.
 
     python examples/diloco_ft.py                 # master + 3 peers; one killed, one joins
     python examples/diloco_ft.py --no-churn      # the same run without churn, for comparison
+    python examples/diloco_ft.py --overlap       # each outer all-reduce overlaps the next inner steps
+
+With ``--overlap`` the outer all-reduce runs (``async_op=True``) while the peer takes the next
+round's inner steps; its result is applied one round late, and each peer keeps the progress of the
+round in flight on top of the new global parameters.
 
 The driver prints each outer step's loss, the kill and the join, and a summary; it exits non-zero
 when a peer failed or when the peers that finished disagree on the final parameters.
@@ -85,6 +90,26 @@ class _State:
         for tensor in (self.parameters, self.momentum, self.step):
             dist.broadcast(tensor, src=int(holder.item()))
 
+    def apply(self, outer_gradient, args: argparse.Namespace) -> None:
+        """One outer step: Nesterov-momentum SGD on the averaged outer gradient."""
+        self.momentum.mul_(args.outer_momentum).add_(outer_gradient)
+        self.parameters.sub_(args.outer_lr * (outer_gradient + args.outer_momentum * self.momentum))
+        self.step += 1
+
+
+def _end_of_outer_step(comm, state: _State, loss, timeout: datetime.timedelta) -> None:
+    """Reports progress and admits waiting peers (nothing may be in flight here)."""
+    import torch.distributed as dist
+
+    import pycomm.torch
+
+    if dist.get_rank() == 0:
+        print(f"step {state.step.item()} peers {dist.get_world_size()} loss {loss.item():.5f}", flush=True)
+    if comm.pending_peers():
+        comm.update_topology()
+        pycomm.torch.reform(timeout)
+        state.synchronize()
+
 
 def _load(model, parameters) -> None:
     """Copies the global parameters into the local model (which must not alias them)."""
@@ -115,6 +140,10 @@ def peer(args: argparse.Namespace) -> int:
     _load(model, state.parameters)
     inner = torch.optim.AdamW(model.parameters(), lr=args.inner_lr)
     generator = torch.Generator().manual_seed(os.getpid())
+    # With --overlap: the outer all-reduce in flight, its outer gradient, and the local parameters
+    # it was taken from.
+    pending = None
+    loss = torch.zeros(())
     while state.step.item() < args.outer_steps:
         try:
             for _ in range(args.inner_steps):
@@ -123,28 +152,35 @@ def peer(args: argparse.Namespace) -> int:
                 inner.zero_grad()
                 loss.backward()
                 inner.step()
-            outer_gradient = (
-                state.parameters - torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-            )
+            local = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+            if pending is not None:
+                # The previous round's all-reduce ran during the inner steps just taken: apply it,
+                # and keep this round's progress on top of the new global parameters.
+                work, outer_gradient, sent_from = pending
+                pending = None
+                work.wait()
+                state.apply(outer_gradient, args)
+                local = local + (state.parameters - sent_from)
+                _load(model, local)
+                _end_of_outer_step(comm, state, loss, timeout)
+                if state.step.item() >= args.outer_steps:
+                    break
+            outer_gradient = state.parameters - local
+            if args.overlap:
+                work = dist.all_reduce(outer_gradient, op=dist.ReduceOp.AVG, async_op=True)
+                pending = (work, outer_gradient, local.clone())
+                continue
             dist.all_reduce(outer_gradient, op=dist.ReduceOp.AVG)
-            state.momentum.mul_(args.outer_momentum).add_(outer_gradient)
-            state.parameters.sub_(args.outer_lr * (outer_gradient + args.outer_momentum * state.momentum))
-            state.step += 1
+            state.apply(outer_gradient, args)
             _load(model, state.parameters)
-            if dist.get_rank() == 0:
-                print(
-                    f"step {state.step.item()} peers {dist.get_world_size()} loss {loss.item():.5f}",
-                    flush=True,
-                )
-            if comm.pending_peers():
-                comm.update_topology()
-                pycomm.torch.reform(timeout)
-                state.synchronize()
+            _end_of_outer_step(comm, state, loss, timeout)
         except (dist.DistBackendError, CommError) as error:
             print(f"recovering: {str(error).splitlines()[0][:160]}", flush=True)
+            pending = None
             pycomm.torch.reform(timeout)
             state.synchronize()
             _load(model, state.parameters)
+    _load(model, state.parameters)
     digest = kernels.hash64(state.parameters.numpy())
     print(
         f"final step {state.step.item()} eval_loss {_evaluation_loss(model):.6f} digest {digest:016x}",
@@ -201,7 +237,10 @@ def driver(args: argparse.Namespace) -> int:
 
     master = Master()
     command = [sys.executable, os.path.abspath(__file__), "--peer", "--master", master.address]
-    command += [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in _SHARED_OPTIONS]
+    for name in _SHARED_OPTIONS:
+        value = getattr(args, name)
+        flag = f"--{name.replace('_', '-')}"
+        command += ([flag] if value else []) if isinstance(value, bool) else [f"{flag}={value}"]
     peers = [_Peer(f"peer{k}", command) for k in range(args.peers)]
     spare = None if args.no_churn else _Peer(f"peer{args.peers}", [*command, "--spare"])
     kills = joins = 0
@@ -240,7 +279,7 @@ def driver(args: argparse.Namespace) -> int:
     return 0
 
 
-_SHARED_OPTIONS = ("outer_steps", "inner_steps", "inner_lr", "outer_lr", "outer_momentum")
+_SHARED_OPTIONS = ("outer_steps", "inner_steps", "inner_lr", "outer_lr", "outer_momentum", "overlap")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,13 +289,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner-steps", type=int, default=10)
     parser.add_argument("--inner-lr", type=float, default=3e-3)
     parser.add_argument("--outer-lr", type=float, default=0.7)
-    parser.add_argument("--outer-momentum", type=float, default=0.9)
+    parser.add_argument(
+        "--outer-momentum",
+        type=float,
+        help="Nesterov momentum of the outer step (default 0.9; 0.5 with --overlap, whose updates land "
+        "a round late)",
+    )
     parser.add_argument("--no-churn", action="store_true", help="kill no peer and start none")
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="overlap each outer all-reduce with the next round's inner steps (applied one round late)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds the whole run may take")
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--master", help=argparse.SUPPRESS)
     parser.add_argument("--spare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.outer_momentum is None:
+        args.outer_momentum = 0.5 if args.overlap else 0.9
     return peer(args) if args.peer else driver(args)
 
 

@@ -3,7 +3,7 @@
 a peer killed inside an all-reduce makes the survivors raise ``DistBackendError`` with their tensor
 restored, and after ``pycomm.torch.reform()`` the next all-reduce runs among the survivors; the
 DiLoCo example finishes with a kill and a join, every peer on the same parameters, its loss close
-to a run without churn.
+to a run without churn, also when each outer all-reduce overlaps the next inner steps.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def _run_example(*options: str) -> tuple[str, float]:
 
 
 @pytest.mark.slow
-def test_diloco_example_survives_a_kill_and_a_join():
+def test_diloco_example_survives_a_kill_and_a_join_with_and_without_overlap():
     import torch
 
     sys.path.insert(0, str(EXAMPLE.parent))
@@ -232,6 +232,12 @@ def test_diloco_example_survives_a_kill_and_a_join():
     assert "peers finished 3, kills 1, joins 1" in churn
     steady, steady_loss = _run_example("--no-churn")
     assert "kills 0, joins 0" in steady
-    # Measured over 3 + 3 runs: 0.22-0.28 without churn, 0.25-0.30 with it; untrained: 0.67.
-    assert steady_loss < 0.6 * initial
-    assert churn_loss < 1.5 * steady_loss
+    overlapped, overlapped_loss = _run_example("--overlap")
+    assert "peers finished 3, kills 1, joins 1" in overlapped
+    # "Close": the run with churn keeps at least half of the loss reduction the run without churn
+    # reached. Measured on 2 cores (3-6 runs each), untrained 0.67: without churn 0.22-0.28, with
+    # it 0.25-0.33; overlapped (outer updates a round late, momentum 0.5) with churn 0.28-0.33.
+    losses = {"untrained": initial, "steady": steady_loss, "churn": churn_loss, "overlap": overlapped_loss}
+    assert steady_loss < 0.6 * initial, losses
+    allowed = steady_loss + 0.5 * (initial - steady_loss)
+    assert churn_loss < allowed and overlapped_loss < allowed, losses
