@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from pycomm import kernels
+from pycomm import datatype, kernels
 from pycomm._arrays import FLOAT_DTYPES, as_array, as_output, check_integer, empty
 from pycomm.errors import InvalidArgumentError, PycommError
 from pycomm.hier import _volume
@@ -332,9 +332,7 @@ class HierComm:
         if len(active) > 1:
             # `held` is indexed (innermost digit, ..., outermost digit, byte); rank order wants the
             # outermost digit first.
-            leading = held.ndim - 1
-            order = (*reversed(range(leading)), leading)
-            np.copyto(receive.reshape(held.transpose(order).shape), held.transpose(order))
+            _reverse_leading_axes(held.reshape(-1), held.shape[:-1], held.shape[-1], receive.reshape(-1))
 
     def _level_reduce_scatter(
         self,
@@ -352,11 +350,8 @@ class HierComm:
         if len(active) > 1:
             # Chunk p (p = d0 + f0 * (d1 + ...) over the active digits) is indexed (..., d1, d0) in
             # `padded`; each step sends along the leading axis, so the innermost digit goes first.
-            source_view = padded.reshape((*reversed(fanouts), chunk))
-            leading = len(fanouts)
-            held = np.empty((*fanouts, chunk), padded.dtype)
-            np.copyto(held, source_view.transpose((*reversed(range(leading)), leading)))
-            held = held.reshape(-1)
+            held = np.empty(padded.size, padded.dtype)
+            _reverse_leading_axes(_bytes(padded), fanouts[::-1], chunk * padded.itemsize, _bytes(held))
         else:
             held = padded
         step_op = "sum" if op == "avg" else op
@@ -395,7 +390,10 @@ class HierComm:
         # chunk j to node j, after which every rank holds its own chunk of the flat layout.
         padded = _padded(flat, columns * nodes * chunk)
         work = np.zeros((columns, nodes, padded_chunk), padded.dtype)
-        np.copyto(work[:, :, :chunk], padded.reshape(nodes, columns, chunk).transpose(1, 0, 2))
+        item = padded.itemsize
+        _reverse_leading_axes(
+            _bytes(padded), (nodes, columns), chunk * item, _bytes(work.reshape(-1)), padded_chunk * item
+        )
         if columns > 1:
             partial = self._quantized_all_to_all(
                 work.reshape(columns, -1), name, self._subcomm(inner), scheme, block
@@ -532,6 +530,34 @@ def _flat(array: np.ndarray, role: str) -> np.ndarray:
 def _bytes(array: np.ndarray) -> np.ndarray:
     """The bytes of a 1-D contiguous array, for MPI (which then needs no datatype for bfloat16)."""
     return array.view(np.uint8)
+
+
+def _reverse_leading_axes(
+    source: np.ndarray,
+    sizes: Sequence[int],
+    block_bytes: int,
+    target: np.ndarray,
+    target_block_bytes: int | None = None,
+) -> None:
+    """Copies the blocks of ``source`` (bytes laid out as ``(*sizes, block_bytes)``) into ``target``
+    laid out as ``(*reversed(sizes), target_block_bytes)``: the chunk reorders of the hierarchical
+    collectives. A nested hvector type describes where each block lands and the C++ pack engine
+    (:mod:`pycomm.datatype`) scatters the blocks there in one pass; target bytes past a block's
+    ``block_bytes`` (padding) are left as they are."""
+    target_block_bytes = block_bytes if target_block_bytes is None else target_block_bytes
+    if source.size == 0 or block_bytes == 0:
+        return
+    placement = datatype.contiguous(block_bytes, datatype.BYTE)
+    # Source axis a (outermost first) becomes target axis len(sizes) - 1 - a, whose stride is the
+    # product of the sizes of the source axes before it.
+    strides = [target_block_bytes * math.prod(sizes[:axis]) for axis in range(len(sizes))]
+    for size, stride in zip(reversed(sizes), reversed(strides)):
+        placement = datatype.hvector(size, 1, stride, placement)
+    placement.commit()
+    try:
+        datatype.unpack(source, target, placement)
+    finally:
+        placement.free()
 
 
 def _padded(flat: np.ndarray, length: int) -> np.ndarray:
