@@ -1,0 +1,28 @@
+// A TUN device created inside another network namespace, and the file descriptor that carries its
+// packets. The device lives exactly as long as the descriptor: when the relay exits, for whatever
+// reason, every device it made disappears with it.
+#pragma once
+
+#include <string>
+
+namespace pycomm::netem {
+
+class TunDevice {
+ public:
+  // Enters the namespace bound at `namespace_path` (e.g. /run/netns/NAME), creates the device
+  // `name` there (IPv4 packets without the packet-information prefix, non-blocking) and returns to
+  // the namespace the calling thread was in.
+  TunDevice(const std::string& namespace_path, const std::string& name);
+  ~TunDevice();
+  TunDevice(TunDevice&& other) noexcept;
+  TunDevice& operator=(TunDevice&& other) noexcept;
+  TunDevice(const TunDevice&) = delete;
+  TunDevice& operator=(const TunDevice&) = delete;
+
+  int fd() const { return fd_; }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace pycomm::netem
