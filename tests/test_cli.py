@@ -43,8 +43,8 @@ def test_console_script_runs(tmp_path: Path) -> None:
 
 
 def test_stress_refuses_what_it_cannot_do(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stress", "--wan", "rtt=50ms"]) == 2
-    assert "not in this version" in capsys.readouterr().err
+    assert main(["stress", "--wan", "rtt=50ms,latency=3"]) == 2
+    assert "unknown link key 'latency'" in capsys.readouterr().err
     assert main(["stress", "--peers", "2"]) == 2
     assert "at least 3 peers" in capsys.readouterr().err
 

@@ -279,3 +279,27 @@ def test_a_member_missing_after_a_master_restart_is_evicted_when_the_epoch_fails
         for comm in comms:
             comm.close()
         master.close()
+
+
+def test_an_epoch_without_a_ring_makes_its_operations_wait_for_the_next_epoch() -> None:
+    # A peer whose ring could not be built (a neighbour died during the build) fails its operations
+    # at once; their Aborted must still come only once the group has a new epoch, or a retry loop
+    # spins on instant failures (it did, over emulated WAN links, hundreds of thousands of times).
+    with local_group(3) as (_, comms):
+        epoch = comms[0].epoch
+        engine, comms[0]._engine = comms[0]._engine, None
+        engine.abort("a test dropped this peer's ring")
+        with pytest.raises(Aborted):
+            comms[0].all_reduce(np.ones(8))
+        assert comms[0].epoch > epoch
+
+        def settle(comm):
+            while True:
+                x = np.ones(8)
+                try:
+                    comm.all_reduce(x)
+                    return x
+                except Aborted:
+                    continue
+
+        assert all(np.all(x == 3) for x in on_all(comms, settle))

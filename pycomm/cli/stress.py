@@ -12,12 +12,14 @@ from pycomm.cli.output import add_json_option, write_json
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "stress",
-        help="churn stress run: a master and N peers on loopback, peers killed, stalled and started",
+        help="churn stress run: a master and N peers (loopback or emulated WAN links), peers killed, stalled "
+        "and started",
         description=(
             "Starts a master and N peer processes on loopback that run a training-like loop (shared-state "
             "sync, concurrent all-reduces, deterministic update) while peers are killed (SIGKILL), stalled "
             "(SIGSTOP) and started. Every result and every shared-state hash is checked. Exit status 0 only "
-            "when nothing mismatched, no peer crashed and nothing hung."
+            "when nothing mismatched, no peer crashed and nothing hung. --wan runs the same over emulated "
+            "WAN links between network namespaces."
         ),
     )
     parser.add_argument("--peers", type=int, default=4, help="peers kept running (default 4)")
@@ -34,7 +36,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--wan",
         metavar="SPEC",
-        help="emulated WAN links (rtt=50ms,rate=1gbit,loss=0.01%%): not in this version",
+        help="run over emulated WAN links, every link with this round trip, rate and loss, e.g. "
+        "rtt=50ms,rate=1gbit,loss=0.01%% (needs root: network namespaces; pycomm.testing.netem)",
+    )
+    parser.add_argument(
+        "--churn",
+        dest="churn",
+        action="store_true",
+        default=True,
+        help="kill, stall and start peers (default)",
     )
     add_json_option(parser)
     parser.set_defaults(run=run)
@@ -44,9 +54,16 @@ def run(args: argparse.Namespace) -> int:
     from pycomm.errors import NotSupportedError
     from pycomm.ft.stress import StressConfig, run_stress
 
-    if args.wan:
-        raise NotSupportedError("--wan: emulated WAN links are not in this version of pycomm")
+    wan = None
+    if args.wan is not None:
+        from pycomm.testing import netem
+
+        wan = netem.parse_link(args.wan)
+        usable, reason = netem.available()
+        if not usable:
+            raise NotSupportedError(f"--wan: emulated links cannot be built on this machine: {reason}")
     config = StressConfig(
+        wan=wan,
         peers=args.peers,
         seconds=args.seconds,
         churn=args.churn,

@@ -102,7 +102,13 @@ def run_step(
 
 
 def peer_session(args: argparse.Namespace, counters: dict, joined_before: bool) -> None:
-    comm = Communicator(args.master, timeout=args.timeout, secret=args.secret)
+    comm = Communicator(
+        args.master,
+        timeout=args.timeout,
+        secret=args.secret,
+        host=args.host,
+        shared_memory=not args.no_shared_memory,
+    )
     try:
         comm.connect(timeout=args.timeout)
         _emit(
@@ -148,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pycomm.ft._stress_peer")
     parser.add_argument("--master", required=True)
     parser.add_argument("--secret", default=None)
+    parser.add_argument("--host", default="127.0.0.1", help="address this peer listens on for its neighbours")
+    parser.add_argument("--no-shared-memory", action="store_true", help="all-reduces on TCP even on one host")
     parser.add_argument("--size", type=int, default=1 << 16)
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=30.0)

@@ -265,9 +265,12 @@ class Work:
         # The new epoch may take the master a recovery round: wait for it even if this
         # operation's own deadline has passed.
         decision_deadline = max(deadline, time.monotonic() + RECOVERY_WAIT)
-        keep = self._handle is not None and self._comm._await_decision(
-            self._epoch, self._handle.tag, self._handle.sequence, decision_deadline
+        # Also without an engine (the epoch's ring could not be built): the next epoch must exist
+        # before this peer retries, or a retry loop would spin on instant failures meanwhile.
+        tag, sequence = (
+            (self._handle.tag, self._handle.sequence) if self._handle is not None else (None, None)
         )
+        keep = self._comm._await_decision(self._epoch, tag, sequence, decision_deadline)
         if keep:
             return self._keep()
         self._comm._owes_abort = None  # this Aborted is the notice of the failure
@@ -756,7 +759,8 @@ class Communicator:
         with contextlib.suppress(CommError):
             self._send_control(Message.FAILURE, {"epoch": epoch, "reason": reason[:400], "tags": states})
 
-    def _await_decision(self, epoch: int, tag: int, sequence: int, deadline: float) -> bool:
+    def _await_decision(self, epoch: int, tag: int | None, sequence: int | None, deadline: float) -> bool:
+        """Waits until the master replaced ``epoch``; True if it kept operation (tag, sequence)."""
         with self._lock:
             while epoch not in self._decisions:
                 self._raise_if_unusable()
@@ -764,7 +768,7 @@ class Communicator:
                 if left <= 0:
                     raise CommTimeout(f"the master did not start a new epoch after epoch {epoch} in time")
                 self._lock.wait(left)
-            return (tag, sequence) in self._decisions[epoch]
+            return tag is not None and (tag, sequence) in self._decisions[epoch]
 
     def _raise_if_unusable(self) -> None:
         if self._evicted is not None:

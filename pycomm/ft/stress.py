@@ -9,13 +9,21 @@ member that already held the state must never have to fetch it again. A run fail
 mismatch, on a peer that crashes, and on a hang (no step finished for ``hang_timeout`` seconds).
 
 Victims are chosen among the current members that are neither stalled nor alone enough to end
-the group: an event needs three such members, so the group always outlives it.
+the group: an event needs three such members that hold the shared state (finished a step since they
+joined), so the group and its state always outlive it.
+
+With ``wan`` (link settings as :func:`pycomm.testing.netem.parse_link` reads them), the run happens
+over emulated WAN links: the master and every peer slot get a network namespace of a
+:class:`pycomm.testing.netem.Network` (the master's is slot 0; a started peer takes a slot whose
+peer is gone), every link between two of them has the given round trip, rate and loss, and the
+peers keep their all-reduces on TCP (no shared memory) so that everything crosses the links.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -26,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Callable
 
 from pycomm.errors import InvalidArgumentError
@@ -45,6 +54,18 @@ class StressConfig:
     hang_timeout: float = 20.0
     heartbeat_timeout: float = 1.5
     op_timeout: float = 30.0
+    recovery_timeout: float = 2.0
+    wan: dict | None = None  # emulated links: {"rtt": s, "rate": bit/s, "loss": fraction}
+
+    def over_the_wan(self) -> StressConfig:
+        """The timeouts a run over emulated links needs: each control round trip and each recovery
+        report crosses a link, and the emulation itself takes CPU from the peers."""
+        rtt = float((self.wan or {}).get("rtt", 0.0))
+        return dataclasses.replace(
+            self,
+            heartbeat_timeout=max(self.heartbeat_timeout, 1.5 + 20 * rtt),
+            recovery_timeout=max(self.recovery_timeout, 2.0 + 40 * rtt),
+        )
 
     def check(self) -> None:
         if not 2 <= self.peers <= 64:
@@ -59,16 +80,24 @@ class _Peer:
     """One peer process and what it printed."""
 
     def __init__(
-        self, index: int, command: list[str], workdir: str, on_line: Callable[[_Peer, dict], None]
+        self,
+        index: int,
+        command: list[str],
+        workdir: str,
+        on_line: Callable[[_Peer, dict], None],
+        launch: Callable[..., subprocess.Popen] = subprocess.Popen,
+        slot: int = 0,
     ) -> None:
         self.index = index
+        self.slot = slot
         self.peer_ids: set[str] = set()
         self.stalled_until: float | None = None
         self.killed = False  # by the run, on purpose
+        self.holds_state = False  # finished a step (so holds the shared state) since it last joined
         self.reported = False  # its unexpected exit is counted
         self.stderr_path = os.path.join(workdir, f"peer{index}.err")
         with open(self.stderr_path, "w") as stderr:
-            self.process = subprocess.Popen(
+            self.process = launch(
                 command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=workdir, start_new_session=True
             )
         self._on_line = on_line
@@ -104,6 +133,8 @@ class StressRun:
         extra_peer_args: list[str] | None = None,
     ) -> None:
         config.check()
+        if config.wan is not None:
+            config = config.over_the_wan()
         self._extra_peer_args = list(extra_peer_args or [])
         self.config = config
         self._report = report or (lambda text, final: None)
@@ -125,6 +156,9 @@ class StressRun:
         }
         self._peer_counters: dict[int, dict] = {}
         self.longest_stall = 0.0
+        self._network = None  # the emulated WAN of a run with wan settings
+        self._members: set[str] = set()  # the members last seen at the master
+        self._master_log: list[str] = []
         self.problems: list[str] = []
         self.max_revision = -1
 
@@ -136,7 +170,9 @@ class StressRun:
             if "joined" in record:
                 self.counts["joins"] += 1
                 peer.peer_ids.add(str(record.get("peer_id")))
+                peer.holds_state = False  # a new session starts from an empty state
             elif "revision" in record:
+                peer.holds_state = True
                 self.counts["steps"] += 1
                 self.longest_stall = max(self.longest_stall, now - self._last_progress)
                 self._last_progress = now
@@ -174,10 +210,9 @@ class StressRun:
         config = self.config
         started = time.monotonic()
         hang = False
-        with (
-            Master(heartbeat_timeout=config.heartbeat_timeout) as master,
-            tempfile.TemporaryDirectory(prefix="pycomm-stress-") as workdir,
-        ):
+        with contextlib.ExitStack() as stack:
+            master = stack.enter_context(self._master())
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="pycomm-stress-"))
             command = [
                 sys.executable,
                 "-m",
@@ -203,6 +238,7 @@ class StressRun:
                     now = time.monotonic()
                     self._resume_stalled(now)
                     self._check_exits()
+                    self._check_continuity(master)
                     if config.churn and now >= next_event:
                         self._event(master, command, workdir)
                         next_event = now + self._random.uniform(*config.event_interval)
@@ -225,17 +261,69 @@ class StressRun:
                 with self._lock:
                     self.longest_stall = max(self.longest_stall, time.monotonic() - self._last_progress)
                 epoch = master.group_state()["epoch"]
+                self._master_log = [f"{when - started:7.2f}s {text}" for when, text in master.events[-60:]]
             finally:
                 stderr_tails = self._stop_all(hang)
         summary = self._summary(time.monotonic() - started, epoch, hang)
         if hang or self.counts["errors"]:
             summary["peer_stderr"] = stderr_tails
+        if not summary["passed"]:
+            summary["master_log"] = self._master_log
         self._report(self._progress_line(summary["seconds"], None), True)
         return summary
 
+    def _master(self) -> contextlib.AbstractContextManager:
+        """The master: in this process, on loopback or (with emulated links) in slot 0's namespace."""
+        config = self.config
+        timeouts = {
+            "heartbeat_timeout": config.heartbeat_timeout,
+            "recovery_timeout": config.recovery_timeout,
+        }
+        if config.wan is None:
+            return Master(**timeouts)
+        from pycomm.testing import netem
+
+        network = netem.Network(peers=config.peers + 1, **config.wan)
+        self._network = network
+        try:
+            master = network.call_in(0, lambda: Master(host=network.address(0), **timeouts))
+        except BaseException:
+            network.close()
+            raise
+
+        @contextlib.contextmanager
+        def running() -> Iterator[Master]:
+            try:
+                yield master
+            finally:
+                master.close()
+                network.close()
+
+        return running()
+
+    def _check_continuity(self, master: Master) -> None:
+        """Events never take the last healthy members, so every epoch keeps a member of the one
+        before; an epoch of newcomers only would restart the shared state from revision 0."""
+        members = set(master.group_state()["members"])
+        if self._members and members and not members & self._members:
+            self.problems.append(
+                "every member left at once (evicted or failed together) and the group restarted from "
+                f"newcomers; the master said: {' | '.join(text for _, text in master.events[-12:])}"
+            )
+            with self._lock:
+                self.counts["errors"] += 1
+        if members:
+            self._members = members
+
     def _spawn(self, command: list[str], workdir: str) -> None:
-        peer = _Peer(len(self._peers), command, workdir, self._on_line)
-        self._peers.append(peer)
+        if self._network is None:
+            self._peers.append(_Peer(len(self._peers), command, workdir, self._on_line))
+            return
+        taken = {peer.slot for peer in self._peers if peer.running}
+        slot = next(slot for slot in range(1, self.config.peers + 1) if slot not in taken)
+        wan_command = [*command, "--host", self._network.address(slot), "--no-shared-memory"]
+        launch = functools.partial(self._network.spawn, slot)
+        self._peers.append(_Peer(len(self._peers), wan_command, workdir, self._on_line, launch, slot))
 
     def _resume_stalled(self, now: float) -> None:
         for peer in self._peers:
@@ -256,7 +344,12 @@ class StressRun:
         victims = [p for p in self._peers if p.running and p.stalled_until is None and p.peer_ids & members]
         running = sum(1 for p in self._peers if p.running)
         choices = []
-        if len(victims) >= 3:
+        # At least two healthy members that hold the shared state must outlive the event: a group
+        # left with newcomers only would start the state over (legitimately, but not what this run
+        # checks). Over slow links, recoveries last long enough for events to pile up.
+        with self._lock:
+            holders = sum(1 for p in victims if p.holds_state)
+        if len(victims) >= 3 and holders >= 3:
             choices += ["kill", "stall"]
         if running < self.config.peers:
             choices.append("start")
@@ -326,6 +419,7 @@ class StressRun:
             "seconds": round(seconds, 2),
             "peers": self.config.peers,
             "churn": self.config.churn,
+            "wan": self.config.wan,
             "revisions": self.max_revision + 1,
             "epochs": epoch,
             **totals,

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import dataclasses
 import itertools
 import json
@@ -57,7 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from pycomm.errors import InvalidArgumentError, NotSupportedError, PycommError
 from pycomm.testing._link_spec import (
@@ -88,6 +89,9 @@ __all__ = [
     "relay_processes",
     "sweep",
 ]
+
+_T = TypeVar("_T")
+_CLONE_NEWNET = 0x40000000
 
 DEVICE = "wan0"
 SUBNET = "10.77.0"
@@ -728,6 +732,30 @@ class Network:
             self._children.append(process)
         return process
 
+    def call_in(self, peer: int, function: Callable[[], _T]) -> _T:
+        """Runs ``function`` on a thread that has entered peer ``peer``'s network namespace and
+        returns what it returns (or raises what it raised). Sockets it creates live in that
+        namespace, and so do the threads it starts: how an in-process server (a pycomm.ft Master)
+        joins the emulated network."""
+        self._check_peer(peer, "peer")
+        path = os.path.join(_NETNS_DIRECTORY, self._names[peer])
+        outcome: list[Any] = []
+
+        def enter_and_call() -> None:
+            try:
+                _enter_network_namespace(path)
+                outcome.append((True, function()))
+            except BaseException as error:  # handed to the caller below
+                outcome.append((False, error))
+
+        thread = threading.Thread(target=enter_and_call, name=f"netem-peer-{peer}", daemon=True)
+        thread.start()
+        thread.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
     def stats(self) -> dict[str, Any]:
         """Packets forwarded and dropped: totals and, under ``"links"``, per ``(source, destination)``.
 
@@ -845,6 +873,18 @@ _LINK_COUNTERS = ("forwarded_packets", "forwarded_bytes", "dropped_loss", "dropp
 
 
 # ----- every exit path closes the open networks -----
+
+
+def _enter_network_namespace(path: str) -> None:
+    """Moves the calling thread into the network namespace bound at ``path`` (setns(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(descriptor, _CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise NetemError(f"setns({path}): {os.strerror(error)}")
+    finally:
+        os.close(descriptor)
 
 
 def _register(network: Network) -> None:
