@@ -393,3 +393,46 @@ def test_wrong_use_gives_torch_errors():
     kinds, message = values[0]["after timeout"]
     assert "DistBackendError" in kinds and "failed earlier" in message
     assert values[1]["late result"][1] == str([2.0] * 4)
+
+
+def ddp_comm_hooks_and_deadlines() -> dict:
+    """DDP with torch's PowerSGD hook (its callback all-reduces and waits, inside the completion of
+    another all-reduce), then a DDP step that one rank joins late, under a group timeout."""
+    import datetime
+    import time
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    _setup()
+    rank = dist.get_rank()
+    model = _mlp()
+    ddp = DistributedDataParallel(model)
+    state = powerSGD_hook.PowerSGDState(
+        process_group=None, matrix_approximation_rank=1, start_powerSGD_iter=2
+    )
+    ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    _train(ddp, rank, 4)
+    parameters = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    short = dist.new_group(backend="pycomm", timeout=datetime.timedelta(seconds=2))
+    slow = DistributedDataParallel(_mlp(), process_group=short)
+    outcome = "completed"
+    if rank == 1:
+        time.sleep(5)  # rank 0's gradient all-reduce waits for this rank past its deadline
+    try:
+        slow(torch.ones(2, 16)).sum().backward()
+    except RuntimeError as error:
+        outcome = f"{type(error).__name__}: {error}"
+    dist.destroy_process_group()
+    return {"parameters": parameters, "late step": outcome}
+
+
+@pytest.mark.slow
+def test_ddp_comm_hooks_complete_and_the_group_timeout_reaches_ddp():
+    import numpy as np
+
+    values = run_mpi(ddp_comm_hooks_and_deadlines, 2, timeout=120).values
+    np.testing.assert_array_equal(values[0]["parameters"], values[1]["parameters"])
+    assert "did not complete within 0:00:02" in values[0]["late step"], values[0]["late step"]

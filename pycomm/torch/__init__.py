@@ -161,7 +161,8 @@ def _pycomm_rendezvous(url: str, timeout: datetime.timedelta = datetime.timedelt
 
 def reform(timeout: datetime.timedelta | None = None) -> None:
     """Replaces the default group by one for the fault-tolerant communicator's current epoch (after a
-    failure raised ``DistBackendError``, or after ``update_topology()`` admitted newcomers)."""
+    failure raised ``DistBackendError``, or after ``update_topology()`` admitted newcomers).
+    ``timeout`` becomes the new group's timeout and the communicator's deadline per operation."""
     comm = _communicator
     if comm is None:
         raise BackendArgumentError(
@@ -169,7 +170,10 @@ def reform(timeout: datetime.timedelta | None = None) -> None:
         )
     if dist.is_initialized():
         dist.destroy_process_group()
-    kwargs = {} if timeout is None else {"timeout": timeout}
+    kwargs = {}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+        comm.timeout = timeout.total_seconds()  # the communicator's deadline per operation too
     dist.init_process_group(
         BACKEND,
         store=dist.HashStore(),

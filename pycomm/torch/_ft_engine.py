@@ -41,6 +41,14 @@ class FtEngine:
     def close(self) -> None:
         """The communicator outlives its groups (the next group of a new epoch uses it)."""
 
+    def interrupt(self, reason: str) -> None:
+        """Fails the communicator's operation in flight, if any (it ends the epoch for every member,
+        as any failure does), so that the group's worker returns and the next group finds no
+        operation of this one still running."""
+        comm = self.communicator
+        if comm._inflight:
+            comm._report_failure(comm.epoch, reason)
+
     def _current(self) -> Any:
         comm = self.communicator
         if comm.epoch != self.epoch:
@@ -77,11 +85,14 @@ class FtEngine:
         comm = self._current()
         if array.size == 0:
             return
-        name = op.name
-        if name == "premul_sum":
-            _scale(array, kind, op)
-            name = "sum"
-        comm.all_reduce(array, op=name, dtype=kind)
+        if op.name != "premul_sum":
+            comm.all_reduce(array, op=op.name, dtype=kind)
+            return
+        # Scaled in a copy: after a failure the tensor must hold its input again.
+        scaled = array.copy()
+        _scale(scaled, kind, op)
+        comm.all_reduce(scaled, op="sum", dtype=kind)
+        array[...] = scaled
 
     def reduce(self, array: np.ndarray, kind: str, op: ReduceOp, root: int) -> None:
         result = array.copy()

@@ -3,15 +3,18 @@ calls on an engine (:mod:`pycomm.torch._mpi_engine` or :mod:`pycomm.torch._ft_en
 
 Every operation is checked in the caller's thread (a wrong dtype or size raises there, as gloo's
 checks do), then queued to the group's one worker thread, which runs the engine's blocking call on
-host numpy views of the tensors and completes the operation's ``Work`` and future. One thread keeps
-the order in which this rank submitted, which is the order every rank of the group must use (as with
-any torch backend); ``async_op=True`` returns at once and the operation runs meanwhile.
+host numpy views of the tensors. The operation's future is completed on another thread
+(:mod:`pycomm.torch._threads`): torch runs a future's callbacks there, and they may wait for more
+operations of the group. One worker keeps the order in which this rank submitted, which is the
+order every rank of the group must use (as with any torch backend); ``async_op=True`` returns at
+once and the operation runs meanwhile.
 
 A deadline applies to every operation: the group's timeout (``init_process_group(timeout=...)``),
-counted from submission. An operation past it raises ``DistBackendError`` from ``wait()`` and the
-group is broken from then on: every later operation raises at once (the engine may still be inside
-the stuck call; an MPI collective cannot be cancelled). CUDA tensors are staged through host memory:
-copied to the host at submission and the results copied back by the worker.
+counted from submission. An operation past it fails with ``DistBackendError`` (from ``wait()`` and
+from its future, which DDP waits on) and the group is broken from then on: every later operation
+raises at once (the engine may still be inside the stuck call; an MPI collective cannot be
+cancelled). CUDA tensors are staged through host memory: copied to the host at submission and the
+results copied back by the worker.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from pycomm.errors import Aborted, CommError, Evicted, InvalidArgumentError, NotSupportedError, PycommError
+from pycomm.torch._threads import CompletionPool, Watchdog
 
 # torch dtypes every engine moves as bytes, with the pycomm kernel name of their element type.
 # bool and the complex types are reduced through views (see reduce_op_for).
@@ -177,31 +181,54 @@ def same_numel(items: Sequence[Tensor], count: int, what: str) -> None:
             raise BackendArgumentError(f"{item.role} has {item.numel} elements; {what} needs {count}")
 
 
+class _Failed:
+    """What a failed operation's inner future holds: the error its chained future raises."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _outcome(completion: torch.futures.Future) -> Any:
+    value = completion.value()
+    if isinstance(value, _Failed):
+        raise value.error
+    return value
+
+
 class Work(dist._Work):
-    """One submitted operation. The worker completes it; :meth:`wait` raises its error, or
-    ``DistBackendError`` when its deadline passes first."""
+    """One submitted operation. The worker (or, past the deadline, the group's watchdog) completes
+    it; :meth:`wait` raises its error, or ``DistBackendError`` when its deadline passes first."""
 
     def __init__(self, group: ProcessGroup, description: str, result: list) -> None:
         super().__init__()
         self._group = group
         self._description = description
         self._result = result
-        self._deadline = time.monotonic() + group.timeout_seconds
+        self.deadline = time.monotonic() + group.timeout_seconds
         self._done = threading.Event()
+        self._finishing = threading.Lock()
         self._error: BaseException | None = None
-        self._future: torch.futures.Future = torch.futures.Future()
+        # The future handed out is chained to the one completed here: a callback that raises makes
+        # torch mark the chained future failed in C++, which DDP's reducer understands (an error set
+        # from Python is only a Python value to C++ code, and DDP would read it as tensors).
+        self._completion: torch.futures.Future = torch.futures.Future()
+        self._future: torch.futures.Future = self._completion.then(_outcome)
         self.source = -1
 
     def finish(self, error: BaseException | None) -> None:
-        self._error = error
-        self._done.set()
-        if error is None:
-            self._future.set_result(self._result)
-        else:
-            self._future.set_exception(error)
+        """Completes the operation once (a later call, e.g. the worker after the watchdog, is ignored);
+        the future is completed on a thread of the group's completion pool."""
+        with self._finishing:
+            if self._done.is_set():
+                return
+            self._error = error
+            self._done.set()
+        completion = self._completion
+        outcome = self._result if error is None else _Failed(error)
+        self._group.complete(lambda: completion.set_result(outcome))
 
     def wait(self, timeout: datetime.timedelta | None = None) -> bool:
-        limit = self._deadline - time.monotonic()
+        limit = self.deadline - time.monotonic()
         if timeout is not None and timeout.total_seconds() > 0:
             limit = min(limit, timeout.total_seconds())
         if not self._done.wait(max(0.0, limit)):
@@ -253,7 +280,11 @@ class ProcessGroup(dist.ProcessGroup):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._completions: CompletionPool | None = None
+        self._watchdog: Watchdog | None = None
         if engine.threaded:
+            self._completions = CompletionPool(f"pycomm-torch-{name}")
+            self._watchdog = Watchdog(f"pycomm-torch-{name}", self._expire)
             self._worker = threading.Thread(target=self._serve, name=f"pycomm-torch-{name}", daemon=True)
             self._worker.start()
 
@@ -347,8 +378,19 @@ class ProcessGroup(dist.ProcessGroup):
         if self._worker is None:
             work.finish(self._execute(work, run_and_write_back))
         else:
+            self._watchdog.watch(work, work.deadline)
             self._queue.put((work, run_and_write_back))
         return work
+
+    def complete(self, task: Callable[[], None]) -> None:
+        """Completes a future: off the worker thread when there is one (see _threads)."""
+        if self._completions is None:
+            task()
+        else:
+            self._completions.submit(task)
+
+    def _expire(self, work: Work) -> None:
+        work.finish(self.timed_out(work._description))
 
     def timed_out(self, description: str) -> dist.DistBackendError:
         self._broken = f"{description} timed out"
@@ -361,10 +403,15 @@ class ProcessGroup(dist.ProcessGroup):
     def shutdown(self) -> None:
         if self._worker is not None:
             self._queue.put(None)
+            # An operation still running (it timed out, or its peers left) is abandoned, where the
+            # engine can: the fault-tolerant engine then fails it; an MPI call cannot be cancelled.
+            self._engine.interrupt("the torch group was shut down while it ran")
             self._worker.join(timeout=min(self.timeout_seconds, 10.0))
             if self._worker.is_alive():
                 return  # stuck in a call that cannot be cancelled: leave its resources to the process
             self._worker = None
+            self._watchdog.close()
+            self._completions.close(timeout=5.0)
         self._engine.close()
 
     def abort(self) -> None:
@@ -382,8 +429,17 @@ class ProcessGroup(dist.ProcessGroup):
         self._engine.check_reduce(items[0].kind, op)
 
         def run() -> None:
+            if len(items) == 1:
+                self._engine.all_reduce(items[0].array(), items[0].kind, op)
+                return
+            # One operation for all of them: a failure then leaves every tensor as it was.
+            flat = np.concatenate([item.array() for item in items])
+            self._engine.all_reduce(flat, items[0].kind, op)
+            offset = 0
             for item in items:
-                self._engine.all_reduce(item.array(), item.kind, op)
+                target = item.array()
+                target[...] = flat[offset : offset + target.size]
+                offset += target.size
 
         return self._submit(f"allreduce({op})", run, items, list(tensor_list))
 

@@ -116,6 +116,9 @@ class MpiEngine:
     def check_point_to_point(self) -> None:
         """Point-to-point operations are MPI's own."""
 
+    def interrupt(self, reason: str) -> None:
+        """An MPI call in progress cannot be cancelled: it ends when its peers take part."""
+
     # -- reductions --------------------------------------------------------------------------------
 
     def _hierarchical(self, kind: str, op: ReduceOp) -> bool:
