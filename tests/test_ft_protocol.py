@@ -231,6 +231,25 @@ def test_forged_data_frames_are_refused_with_what_was_wrong(header: dict, messag
     c.close()
 
 
+def test_early_frames_read_at_once_on_a_pool_count_against_one_limit() -> None:
+    # Two connections from the previous peer each start a 3000-byte frame for an operation not
+    # started: each fits the 4096-byte limit alone, both together do not, even before any payload
+    # byte has arrived.
+    a, b = socket.socketpair()
+    senders, receivers = zip(*(socket.socketpair() for _ in range(2)))
+    engine = _ft.RingEngine([a.detach()], [r.detach() for r in receivers], 0, 2, max_early_bytes=4096)
+    for tag, sender in enumerate(senders, start=7):
+        sender.sendall(
+            _ft.encode_data_header(1, "all_reduce", "float32", "sum", 0, 0, tag, 0, 100_000, 0, 3000)
+        )
+    op = engine.submit("all_reduce", np.ones(10, np.float32), "float32", "sum", 10, 0, 1)
+    assert op.wait(10) == "failed"
+    assert "has not started" in engine.failure
+    engine.abort("done")
+    for sock in (b, *senders):
+        sock.close()
+
+
 def test_frames_for_unstarted_operations_are_bounded() -> None:
     a, b = socket.socketpair()
     c, d = socket.socketpair()

@@ -414,12 +414,13 @@ void RingEngine::replay(const EarlyFrame& frame) {
 
 // A frame whose operation had not started when its header arrived. The operation may have
 // started while its payload was being read: then it is delivered now, else kept for start().
+// Its bytes were reserved against max_early_bytes when its header arrived (see place()).
 void RingEngine::stash_early(EarlyFrame frame) {
   if (active_.count({frame.header.spec.tag, frame.header.sequence}) != 0) {
+    early_bytes_ -= frame.payload.size() + kEarlyFrameOverhead;
     replay(frame);
     return;
   }
-  early_bytes_ += frame.payload.size() + kEarlyFrameOverhead;
   early_[{frame.header.spec.tag, frame.header.sequence}].push_back(std::move(frame));
 }
 
@@ -469,6 +470,9 @@ unsigned char* RingEngine::place(Incoming& in) {
                         "rank ", prev,
                         " sent more than ", options_.max_early_bytes, " bytes for operations rank ", rank_,
                         " has not started (the first is ", h.spec.describe(), ")");
+    // Reserved now, before the payload buffer exists: with a pool of connections several early
+    // payloads are read at once, and each must count while it is read.
+    early_bytes_ += h.length + kEarlyFrameOverhead;
     in.op = nullptr;
     return nullptr;
   }

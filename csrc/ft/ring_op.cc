@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "ft/wire.h"
 
 namespace pycomm::ft {
 
@@ -92,7 +93,13 @@ RingOp::RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, s
   }
   if (spec.quantized() && world > 1) {
     // Records of one segment each: a reduce-scatter step s frame carries s + 1 of them, and this
-    // peer keeps s + 2 (its own in front) to forward at step s + 1; see quantized_ring.cc.
+    // peer keeps s + 2 (its own in front) to forward at step s + 1; see quantized_ring.cc. The
+    // last step's frame (world - 1 records) must fit a data frame.
+    while (layout_.segment_elements > 1 &&
+           std::uint64_t{world - 1} * wire_record_bytes(spec.quantization, layout_.segment_elements) >
+               kMaxSegmentBytes) {
+      layout_.segment_elements /= 2;
+    }
     const std::uint64_t segments = layout_.segments(0);
     wire_record_max_ = wire_record_bytes(spec.quantization, layout_.segment_elements);
     const std::uint64_t slots = std::uint64_t{world - 1} * (world + 2) / 2;

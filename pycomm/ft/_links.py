@@ -137,11 +137,18 @@ class DataListener:
             channel.close()
             return
         if kind == "probe":
+            with self._arrived:
+                if self._closing.is_set():
+                    channel.close()
+                    return
+                self._fetch_channels.add(channel)  # closed by close() like a fetch link
             try:
                 _absorb_probe(channel)
             except (CommError, OSError):
                 pass  # the prober sees its probe fail
             finally:
+                with self._arrived:
+                    self._fetch_channels.discard(channel)
                 channel.close()
             return
         if kind == "fetch":
@@ -207,9 +214,12 @@ def _absorb_probe(channel: Channel) -> None:
     channel.send(Message.PROBE_DONE, {})
 
 
-def measure_bandwidth(host: str, port: int, total_bytes: int, streams: int, **link: Any) -> float:
+def measure_bandwidth(
+    host: str, port: int, total_bytes: int, streams: int, probe_timeout: float = PROBE_TIMEOUT, **link: Any
+) -> float:
     """Bytes/s from this peer to the one at host:port: ``total_bytes`` sent at once over ``streams``
-    probe connections, timed from the first byte until every stream's receiver said it had all."""
+    probe connections, timed from the first byte until every stream's receiver said it had all
+    (within ``probe_timeout`` seconds)."""
     channels = [open_link(host, port, kind="probe", **link)[0] for _ in range(streams)]
     try:
         share = max(1, total_bytes // streams)
@@ -219,8 +229,8 @@ def measure_bandwidth(host: str, port: int, total_bytes: int, streams: int, **li
         def burst(channel: Channel) -> None:
             try:
                 channel.send(Message.PROBE, {"length": share})
-                channel.send_raw(payload, timeout=PROBE_TIMEOUT)
-                channel.expect(Message.PROBE_DONE, timeout=PROBE_TIMEOUT)
+                channel.send_raw(payload, timeout=probe_timeout)
+                channel.expect(Message.PROBE_DONE, timeout=probe_timeout)
             except BaseException as error:  # raised below, on the caller's thread
                 errors.append(error)
 

@@ -520,6 +520,8 @@ class Communicator:
         whose bytes every peer then decodes. An element of the sum errs by at most half a
         quantization step of each other peer's input block plus half a step of the sum's block (int8:
         step = absmax / 127; uint8: (max - min) / 255); the error does not grow from hop to hop.
+        "fp16" holds magnitudes up to 65504: a larger input or sum becomes +-inf on every peer, as an
+        fp16 value does (bf16 and the block-scaled formats have float32's range).
         Quantized all-reduces always run on the TCP ring, also among co-located peers.
         """
         return self.all_reduce_async(x, op=op, quantization=quantization, tag=tag, dtype=dtype).wait()
@@ -632,18 +634,22 @@ class Communicator:
             for shift in range(1, world):
                 self.agree_max(0, TAG_PROBE)  # the previous round has ended everywhere
                 target = members[(rank + shift) % world]
-                row[(rank + shift) % world] = measure_bandwidth(
-                    target["host"],
-                    target["port"],
-                    probe_bytes,
-                    streams,
-                    group=self.peer_group,
-                    epoch=epoch,
-                    sender=self.peer_id,
-                    receiver=target["id"],
-                    secret=self._secret,
-                    timeout=LINK_TIMEOUT,
-                )
+                try:
+                    row[(rank + shift) % world] = measure_bandwidth(
+                        target["host"],
+                        target["port"],
+                        probe_bytes,
+                        streams,
+                        probe_timeout=self.timeout,
+                        group=self.peer_group,
+                        epoch=epoch,
+                        sender=self.peer_id,
+                        receiver=target["id"],
+                        secret=self._secret,
+                        timeout=LINK_TIMEOUT,
+                    )
+                except (CommError, OSError) as error:
+                    self._abandon(epoch, f"probing the link to {target['id'][:8]} failed: {error}", error)
             matrix = self.all_gather_async(row, tag=TAG_BANDWIDTH, internal=True).wait()
         else:
             matrix = np.asarray(bandwidths, np.float64)
@@ -674,6 +680,17 @@ class Communicator:
             self._wait_for_epoch_after(epoch, self.timeout if timeout is None else timeout)
             plan.changed = True
         return plan
+
+    def _abandon(self, epoch: int, reason: str, cause: BaseException) -> None:
+        """Ends ``epoch`` for a failure outside an operation and raises its one Aborted once the
+        group is in the next epoch (as a failed operation would)."""
+        self._report_failure(epoch, reason)
+        self._wait_for_epoch_after(epoch, RECOVERY_WAIT)
+        self._owes_abort = None  # this Aborted is the notice of the failure
+        raise Aborted(
+            f"{reason}; epoch {epoch} was abandoned and the group is now in epoch {self._epoch} "
+            f"with {self.world_size} peer(s): retry"
+        ) from cause
 
     # -- internals: submitting and settling operations ----------------------------------------
 
