@@ -75,9 +75,10 @@ def run_step(
             for tag in range(concurrency):
                 kind = OPERATIONS[tag % len(OPERATIONS)]
                 works.append(comm.all_reduce_async(buffers[tag], op=kind[1], tag=tag, dtype=kind[0]))
-        except Aborted:
+        except Aborted as error:
             aborted = True  # the group changed since this peer's last operation
             counters["aborts"] += 1
+            _emit({"aborted": f"submitting the step, epoch {comm.epoch}: {str(error)[:300]}"})
         for tag, work in enumerate(works):
             try:
                 work.wait()
@@ -121,8 +122,9 @@ def peer_session(args: argparse.Namespace, counters: dict, joined_before: bool) 
                 if comm.pending_peers():
                     comm.update_topology()
                 info = comm.sync_shared_state(state)
-            except Aborted:
+            except Aborted as error:
                 counters["aborts"] += 1
+                _emit({"aborted": f"before the step, epoch {comm.epoch}: {str(error)[:300]}"})
                 continue
             fetched = info.bytes_received
             skew = 1 if args.check_the_checks else 0

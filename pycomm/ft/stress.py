@@ -94,6 +94,7 @@ class _Peer:
         self.stalled_until: float | None = None
         self.killed = False  # by the run, on purpose
         self.holds_state = False  # finished a step (so holds the shared state) since it last joined
+        self.recent: list[str] = []  # its last abort and eviction records, for a failed run's report
         self.reported = False  # its unexpected exit is counted
         self.stderr_path = os.path.join(workdir, f"peer{index}.err")
         with open(self.stderr_path, "w") as stderr:
@@ -171,6 +172,7 @@ class StressRun:
                 self.counts["joins"] += 1
                 peer.peer_ids.add(str(record.get("peer_id")))
                 peer.holds_state = False  # a new session starts from an empty state
+                peer.recent.append(json.dumps(record)[:400])
             elif "revision" in record:
                 peer.holds_state = True
                 self.counts["steps"] += 1
@@ -193,8 +195,9 @@ class StressRun:
                 }
             elif "mismatch" in record:
                 self._problem(f"peer {peer.index}: {record['mismatch']}")
-            elif "evicted" in record:
-                pass
+            elif "evicted" in record or "aborted" in record:
+                peer.recent.append(json.dumps(record)[:400])
+                del peer.recent[:-20]
             elif "error" in record:
                 peer.reported = True
                 self.counts["errors"] += 1
@@ -269,6 +272,7 @@ class StressRun:
             summary["peer_stderr"] = stderr_tails
         if not summary["passed"]:
             summary["master_log"] = self._master_log
+            summary["peer_events"] = {peer.index: peer.recent for peer in self._peers if peer.recent}
         self._report(self._progress_line(summary["seconds"], None), True)
         return summary
 
