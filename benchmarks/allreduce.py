@@ -712,20 +712,28 @@ def format_report(document: dict[str, Any]) -> str:
             f"{faults['ops']['verified']} all-reduces checked, {faults['ops']['mismatches']} wrong, "
             f"{faults['ops']['aborts']} aborted (retried)",
         ]
-        fault_rows = [
-            [
-                label,
-                len(faults[key]["samples_s"]),
-                faults[key]["median_s"] * 1e3,
-                faults[key]["min_s"] * 1e3,
-                faults[key]["max_s"] * 1e3,
-            ]
-            for key, label in (
+        fault_rows = fault_table_rows(
+            faults,
+            (
                 ("recovery", "recovery: SIGKILL 1 of 4 -> survivors' first correct all-reduce"),
                 ("join", "join: newcomer connect() -> its first all-reduce"),
                 ("eviction", "eviction: SIGSTOP 1 of 4 -> gone from group_state()"),
                 ("stall_recovery", "stall recovery: SIGSTOP -> survivors' first correct all-reduce"),
-            )
-        ]
+            ),
+        )
         parts += [format_table(("measurement", "samples", "median ms", "min ms", "max ms"), fault_rows)]
     return "\n".join(parts)
+
+
+def fault_table_rows(faults: dict[str, Any], rows: Sequence[tuple[str, str]]) -> list[list[Any]]:
+    """Table rows (label, samples, median/min/max ms) of fault measurements ``(key, label)``."""
+    return [
+        [
+            label,
+            len(faults[key]["samples_s"]),
+            faults[key]["median_s"] * 1e3,
+            faults[key]["min_s"] * 1e3,
+            faults[key]["max_s"] * 1e3,
+        ]
+        for key, label in rows
+    ]

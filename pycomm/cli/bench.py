@@ -206,6 +206,7 @@ def _title(machine: dict[str, Any]) -> str:
 
 def _register_allreduce(benchmarks: Any) -> None:
     from pycomm.benchmarks import allreduce as suite
+    from pycomm.benchmarks import allreduce_wan as wan
     from pycomm.benchmarks.units import format_size
 
     parser = benchmarks.add_parser(
@@ -222,6 +223,8 @@ def _register_allreduce(benchmarks: Any) -> None:
     )
     sizes = ",".join(format_size(s).replace(" ", "") for s in suite.DEFAULT_SIZES)
     quick_sizes = ",".join(format_size(s).replace(" ", "") for s in suite.QUICK_SIZES)
+    wan_size = ",".join(format_size(s).replace(" ", "") for s in wan.DEFAULT_WAN_SIZES)
+    wan_quick_size = ",".join(format_size(s).replace(" ", "") for s in wan.QUICK_WAN_SIZES)
     parser.add_argument(
         "--peers",
         metavar="LIST",
@@ -250,7 +253,6 @@ def _register_allreduce(benchmarks: Any) -> None:
     parser.add_argument(
         "--anchors",
         metavar="LIST",
-        default=",".join(suite.ANCHORS),
         help=f"systems to compare with (default {','.join(suite.ANCHORS)}; 'none' for pycomm alone); an "
         "anchor whose package is missing is skipped with a note",
     )
@@ -263,6 +265,18 @@ def _register_allreduce(benchmarks: Any) -> None:
         "--quick",
         action="store_true",
         help=f"sizes {quick_sizes}, few short repetitions and one fault trial (tests, CI; under a minute)",
+    )
+    parser.add_argument(
+        "--wan",
+        metavar="SPEC",
+        help="instead, over emulated WAN links with this round trip, rate and loss (e.g. "
+        "rtt=50ms,rate=1gbit,loss=0.01%%; needs root: network namespaces, pycomm.testing.netem): one "
+        f"large all-reduce (--sizes, default {wan_size}; --quick: {wan_quick_size}) on "
+        f"{','.join(map(str, wan.DEFAULT_WAN_PEERS))} peers with the pool of connections sized from the "
+        "link, with connections=1 and with int8 on the wire, plain TCP over the same links (1 and 4 "
+        "streams), and the recovery from a peer SIGKILLed over the link; figures as shares of the rate "
+        f"({wan.DEFAULT_WAN_REPEAT} repetitions by default; --quick: {wan.QUICK_WAN_REPEAT}, on "
+        f"{','.join(map(str, wan.QUICK_WAN_PEERS))} peers)",
     )
     add_json_option(parser)
     parser.set_defaults(run=_run_allreduce)
@@ -295,9 +309,66 @@ def _allreduce_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _allreduce_wan_config(args: argparse.Namespace) -> Any:
+    from pycomm.benchmarks import allreduce_wan as suite
+    from pycomm.benchmarks import parse_sizes
+    from pycomm.testing import netem
+
+    for option, value in (("--anchors", args.anchors), ("--min-time-ms", args.min_time_ms)):
+        if value is not None:
+            raise InvalidArgumentError(
+                f"{option} does not apply to --wan (its anchor is plain TCP over the same links, and each "
+                "repetition is one all-reduce)"
+            )
+    quick = args.quick
+    return suite.WanConfig(
+        link=netem.parse_link(args.wan),
+        peers=_whole_numbers(
+            args.peers, suite.QUICK_WAN_PEERS if quick else suite.DEFAULT_WAN_PEERS, "--peers"
+        ),
+        sizes=tuple(parse_sizes(args.sizes))
+        if args.sizes
+        else (suite.QUICK_WAN_SIZES if quick else suite.DEFAULT_WAN_SIZES),
+        repeat=args.repeat
+        if args.repeat is not None
+        else (suite.QUICK_WAN_REPEAT if quick else suite.DEFAULT_WAN_REPEAT),
+        warmup=0 if quick else 1,
+        recovery=not args.no_recovery,
+        fault_trials=1 if quick else 3,
+        fault_size=suite.QUICK_FAULT_SIZE if quick else suite.DEFAULT_FAULT_SIZE,
+        tcp_warmup_s=0.3 if quick else 1.0,
+        tcp_window_s=0.6 if quick else 2.0,
+        quick=quick,
+    )
+
+
+def _run_allreduce_wan(args: argparse.Namespace) -> int:
+    from pycomm.benchmarks import allreduce_wan as suite
+
+    config = _allreduce_wan_config(args)
+    document = suite.run_wan(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        write_json(args.json, document)
+    if args.json != "-":
+        machine, link = document["machine"], config.link
+        title = (
+            f"pycomm {machine['pycomm']} bench allreduce --wan {args.wan}: {machine['cpu_model']}, "
+            f"{machine['usable_cores']} usable core(s), {machine['date']}; every link rtt "
+            f"{link.get('rtt', 0) * 1e3:g} ms, rate {config.rate / 1e9:g} Gbit/s, loss "
+            f"{link.get('loss', 0):g}; "
+            f"{config.repeat} repetition(s) per system after {config.warmup} warm-up round(s), interleaved; "
+            f"medians; {document['seconds']:.0f} s in all"
+        )
+        print(title)
+        print(suite.format_wan_report(document))
+    return 0
+
+
 def _run_allreduce(args: argparse.Namespace) -> int:
     from pycomm.benchmarks import allreduce as suite
 
+    if args.wan is not None:
+        return _run_allreduce_wan(args)
     config = _allreduce_config(args)
     document = suite.run_allreduce(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:

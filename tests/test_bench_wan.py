@@ -1,0 +1,251 @@
+"""pycomm.ft over emulated WAN links: ``pycomm bench allreduce --wan`` reports every figure with every
+all-reduce checked, and ``optimize_topology()`` moves the ring off a link made slow.
+
+Both need network namespaces (root, TUN or netem, ``ip`` and ``tc``) and skip with the reason
+:func:`pycomm.testing.netem.available` gives. Timings are machine noise here and never asserted: the
+benchmark test checks that the figures exist, are positive and come from checked results; the ring test
+checks which hops the new ring uses. The command-line checks need no namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pycomm.benchmarks import allreduce_wan as suite
+
+from pycomm.cli import main
+from pycomm.ft import Master
+from pycomm.testing import netem
+
+AVAILABLE, REASON = netem.available()
+needs_namespaces = pytest.mark.skipif(not AVAILABLE, reason=REASON)
+QUICK_DEADLINE_S = 90
+QUICK_LINK = "rtt=10ms,rate=200mbit"
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+# ----- the command line -----
+
+
+def test_wan_option_refuses_what_does_not_apply() -> None:
+    status, _, err = run_cli("bench", "allreduce", "--wan", "rtt=50ms,rate=1gbit", "--anchors", "none")
+    assert status == 2 and "--anchors does not apply to --wan" in err
+    status, _, err = run_cli("bench", "allreduce", "--wan", "rtt=50ms,rate=1gbit", "--min-time-ms", "5")
+    assert status == 2 and "--min-time-ms does not apply to --wan" in err
+    status, _, err = run_cli("bench", "allreduce", "--wan", "rtt=50ms")
+    assert status == 2 and "--wan needs a rate" in err
+    status, _, err = run_cli("bench", "allreduce", "--wan", "rtt=50ms,speed=1gbit")
+    assert status == 2 and "unknown link key 'speed'" in err
+
+
+def test_wan_option_names_why_links_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netem, "available", lambda: (False, "creating network namespaces needs root"))
+    status, out, err = run_cli("bench", "allreduce", "--wan", QUICK_LINK, "--quick")
+    assert status == 2 and out == ""
+    assert "--wan needs emulated links" in err and "creating network namespaces needs root" in err
+
+
+# ----- one quick benchmark run -----
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    workdir = tmp_path_factory.mktemp("bench-wan")
+    path = workdir / "wan.json"
+    # A child process in an empty directory: the installed package, never a source checkout.
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pycomm",
+            "bench",
+            "allreduce",
+            "--wan",
+            QUICK_LINK,
+            "--quick",
+            "--json",
+            str(path),
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=QUICK_DEADLINE_S,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    return json.loads(path.read_text(encoding="utf-8")), completed.stdout
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+
+
+@needs_namespaces
+@pytest.mark.slow
+def test_quick_wan_run_reports_every_system_with_checked_results(quick_run: tuple[dict, str]) -> None:
+    report, stdout = quick_run
+    options = report["options"]
+    assert report["benchmark"] == "allreduce-wan" and options["quick"] is True
+    assert options["link"] == netem.parse_link(QUICK_LINK)
+    assert [(case["peers"], case["size_bytes"]) for case in report["cases"]] == [
+        (peers, size) for peers in suite.QUICK_WAN_PEERS for size in suite.QUICK_WAN_SIZES
+    ]
+    for case in report["cases"]:
+        peers, repeat = case["peers"], options["repeat"]
+        assert case["bus_bytes"] == pytest.approx(2 * (peers - 1) / peers * case["size_bytes"])
+        assert sorted(case["results"]) == sorted(suite.SYSTEMS)
+        assert len(case["auto_pool_connections"]) == peers
+        assert all(count >= 1 for count in case["auto_pool_connections"])
+        for system, entry in case["results"].items():
+            assert positive(entry["gbps"]) and positive(entry["link_ratio"]), system
+            assert entry["link_ratio"] == pytest.approx(entry["gbps"] * 1e9 / options["link"]["rate"])
+            if system in ("tcp1", "tcp4"):
+                assert len(entry["slowest_link_bits_per_second"]) == repeat
+                assert all(len(links) == peers for links in entry["link_bits_per_second"])
+                continue
+            assert len(entry["seconds_per_call"]) == repeat
+            assert all(positive(seconds) for seconds in entry["seconds_per_call"])
+            verified = entry["verified"]
+            assert verified["ok"] and verified["identical_on_every_peer"]
+            assert verified["all_reduces"] == repeat * peers
+            if system == "int8":
+                assert 0 < verified["max_error"] <= verified["bound"]
+        assert all(positive(ratio) for ratio in case["ratios"].values())
+    assert {(t["system"], t["peers"]) for t in report["targets"]} == {
+        (system, peers) for system, peers, _ in suite.TARGETS if peers in suite.QUICK_WAN_PEERS
+    }
+    faults = report["faults"]
+    assert faults["ops"]["mismatches"] == 0 and faults["ops"]["verified"] > 0
+    for key in ("detect_s", "aborted_s", "recovery_s"):
+        assert len(faults[key]["samples_s"]) == options["fault_trials"]
+        assert all(positive(sample) for sample in faults[key]["samples_s"]), key
+    for label in suite.SHORT.values():
+        assert label in stdout
+    assert "SIGKILL -> survivors' first correct all-reduce" in stdout
+
+
+# ----- the ring avoids a slow link -----
+
+# One member of the group: joins, says where it is in the ring, waits for the word, optimizes the
+# topology, runs one checked all-reduce on the new ring, and leaves when told.
+RING_MEMBER = """
+import json, sys, time
+import numpy as np
+from pycomm.ft import Communicator
+master, host, world, probe_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+comm = Communicator(master, host=host, shared_memory=False, timeout=60)
+comm.connect(timeout=60)
+while comm.world_size < world:
+    if comm.pending_peers():
+        comm.update_topology()
+    else:
+        time.sleep(0.01)
+print(json.dumps({"peer_id": comm.peer_id, "members": comm.members}), flush=True)
+sys.stdin.readline()
+plan = comm.optimize_topology(probe_bytes=probe_bytes)
+members = comm.members  # the new epoch's ring
+x = np.full(1000, comm.rank + 1, np.float32)
+info = comm.all_reduce(x)
+result = {"order": plan.order, "changed": plan.changed, "members": members, "world": info.world_size,
+          "bandwidth": plan.bandwidth.tolist(), "sum_ok": bool((x == world * (world + 1) / 2).all())}
+print(json.dumps(result), flush=True)
+sys.stdin.readline()  # a member that left early would start another epoch under the others
+comm.close()
+"""
+
+
+def read_json_line(process: subprocess.Popen[str], timeout: float = 30.0) -> dict[str, Any]:
+    assert process.stdout is not None
+    if not select.select([process.stdout], [], [], timeout)[0]:
+        raise AssertionError(f"a ring member printed nothing within {timeout} s")
+    line = process.stdout.readline()
+    if not line:
+        assert process.stderr is not None
+        raise AssertionError(f"a ring member exited with {process.wait()}: {process.stderr.read()[-3000:]}")
+    return json.loads(line)
+
+
+@pytest.fixture
+def ring_network() -> Iterator[tuple[netem.Network, Master, list[subprocess.Popen[str]]]]:
+    started: list[subprocess.Popen[str]] = []
+    with netem.Network(peers=4, rtt="2ms", rate="200mbit") as net:
+        # Members wait idle between steps on a machine that may be busy: no eviction for that.
+        master = net.call_in(0, lambda: Master(host=net.address(0), heartbeat_timeout=10.0))
+        try:
+            yield net, master, started
+        finally:
+            master.close()
+            for process in started:
+                if process.poll() is None:
+                    process.kill()
+                process.communicate(timeout=10)
+
+
+def hops(order: list[str]) -> set[tuple[str, str]]:
+    return {(order[k], order[(k + 1) % len(order)]) for k in range(len(order))}
+
+
+@needs_namespaces
+@pytest.mark.slow
+def test_ring_order_changes_when_one_emulated_link_is_made_slow(ring_network: Any, tmp_path) -> None:
+    net, master, started = ring_network
+    world = 4
+    for slot in range(world):
+        started.append(
+            net.spawn(
+                slot,
+                [
+                    sys.executable,
+                    "-c",
+                    RING_MEMBER,
+                    master.address,
+                    net.address(slot),
+                    str(world),
+                    str(4 << 20),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tmp_path,  # the installed package, never a source checkout
+            )
+        )
+    joined = [read_json_line(process, 60.0) for process in started]
+    members = joined[0]["members"]
+    assert all(entry["members"] == members for entry in joined)
+    slot_of = {entry["peer_id"]: slot for slot, entry in enumerate(joined)}
+    # One hop of the current ring (rank 0 -> rank 1) becomes ten times slower, in that direction only.
+    slow = (members[0], members[1])
+    net.set_link(slot_of[slow[0]], slot_of[slow[1]], rate="20mbit")
+    for process in started:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    plans = [read_json_line(process, 60.0) for process in started]
+    order = plans[0]["order"]
+    # What was measured (Mbit/s, row = sender, in the old rank order) explains a failure.
+    measured = [[round(rate * 8e-6) for rate in row] for row in plans[0]["bandwidth"]]
+    assert all(plan["order"] == order and plan["changed"] for plan in plans), measured
+    assert sorted(order) == sorted(members) and slow not in hops(order), measured
+    # The group now runs on that ring, and its all-reduce is right.
+    assert all(plan["members"] == order and plan["world"] == world and plan["sum_ok"] for plan in plans)
+    for process in started:
+        assert process.stdin is not None
+        process.stdin.write("leave\n")
+        process.stdin.flush()
+    assert [process.wait(timeout=30) for process in started] == [0] * world
