@@ -208,24 +208,29 @@ class Work(dist._Work):
         self._done = threading.Event()
         self._finishing = threading.Lock()
         self._error: BaseException | None = None
-        # The future handed out is chained to the one completed here: a callback that raises makes
-        # torch mark the chained future failed in C++, which DDP's reducer understands (an error set
-        # from Python is only a Python value to C++ code, and DDP would read it as tensors).
-        self._completion: torch.futures.Future = torch.futures.Future()
-        self._future: torch.futures.Future = self._completion.then(_outcome)
+        # Made when someone asks for the future (DDP does; a plain dist.all_reduce does not): the
+        # future handed out is chained to one completed here, so a callback that raises makes torch
+        # mark the chained future failed in C++, which DDP's reducer understands (an error set from
+        # Python is only a Python value to C++ code, and DDP would read it as tensors).
+        self._completion: torch.futures.Future | None = None
+        self._future: torch.futures.Future | None = None
         self.source = -1
 
     def finish(self, error: BaseException | None) -> None:
         """Completes the operation once (a later call, e.g. the worker after the watchdog, is ignored);
-        the future is completed on a thread of the group's completion pool."""
+        a future handed out is completed on a thread of the group's completion pool."""
         with self._finishing:
             if self._done.is_set():
                 return
             self._error = error
             self._done.set()
-        completion = self._completion
-        outcome = self._result if error is None else _Failed(error)
-        self._group.complete(lambda: completion.set_result(outcome))
+            completion = self._completion
+        if completion is not None:
+            outcome = self._outcome()
+            self._group.complete(lambda: completion.set_result(outcome))
+
+    def _outcome(self) -> Any:
+        return self._result if self._error is None else _Failed(self._error)
 
     def wait(self, timeout: datetime.timedelta | None = None) -> bool:
         limit = self.deadline - time.monotonic()
@@ -247,7 +252,13 @@ class Work(dist._Work):
         return self._error
 
     def get_future(self) -> torch.futures.Future:
-        return self._future
+        with self._finishing:
+            if self._future is None:
+                self._completion = torch.futures.Future()
+                self._future = self._completion.then(_outcome)
+                if self._done.is_set():
+                    self._completion.set_result(self._outcome())
+            return self._future
 
     def result(self) -> list:
         self.wait()

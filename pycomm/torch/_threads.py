@@ -80,8 +80,14 @@ class Watchdog:
 
     def watch(self, work: Any, deadline: float) -> None:
         with self._condition:
+            # Operations finish in order, so finished ones gather at the top: drop them here, or
+            # the heap would hold every operation of the last timeout period.
+            while self._heap and self._heap[0][2].is_completed():
+                heapq.heappop(self._heap)
+            earliest = self._heap[0][0] if self._heap else None
             heapq.heappush(self._heap, (deadline, next(self._order), work))
-            self._condition.notify()
+            if earliest is None or deadline < earliest:
+                self._condition.notify()  # the watchdog sleeps until a later deadline: wake it
 
     def _watch(self) -> None:
         with self._condition:
