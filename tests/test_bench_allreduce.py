@@ -15,7 +15,6 @@ import io
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,9 @@ import pytest
 from pycomm.benchmarks import allreduce as suite
 
 from pycomm.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_run import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -47,19 +49,7 @@ def require_anchor(anchor: str) -> None:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    workdir = tmp_path_factory.mktemp("bench-allreduce")
-    path = workdir / "allreduce.json"
-    # A child process in an empty directory: the installed package, never a source checkout.
-    completed = subprocess.run(
-        [sys.executable, "-m", "pycomm", "bench", "allreduce", "--quick", "--json", str(path)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=QUICK_DEADLINE_S,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-5000:]
-    return json.loads(path.read_text(encoding="utf-8")), completed.stdout
+    return run_bench(["allreduce", "--quick"], tmp_path_factory.mktemp("bench-allreduce"), QUICK_DEADLINE_S)
 
 
 def systems_of(report: dict[str, Any]) -> list[str]:

@@ -29,6 +29,9 @@ from pycomm.benchmarks import pack as suite
 from pycomm._native import core
 from pycomm.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_run import run_bench
+
 QUICK_DEADLINE_S = 120
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 ROW_FIELDS = {
@@ -62,18 +65,7 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    workdir = tmp_path_factory.mktemp("bench-pack")
-    path = workdir / "pack.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "pycomm", "bench", "pack", "--quick", "--json", str(path)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=QUICK_DEADLINE_S,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-5000:]
-    return json.loads(path.read_text(encoding="utf-8")), completed.stdout
+    return run_bench(["pack", "--quick"], tmp_path_factory.mktemp("bench-pack"), QUICK_DEADLINE_S)
 
 
 @pytest.fixture

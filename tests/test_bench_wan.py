@@ -17,6 +17,7 @@ import select
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,9 @@ from pycomm.benchmarks import allreduce_wan as suite
 from pycomm.cli import main
 from pycomm.ft import Master
 from pycomm.testing import netem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_run import run_bench
 
 AVAILABLE, REASON = netem.available()
 needs_namespaces = pytest.mark.skipif(not AVAILABLE, reason=REASON)
@@ -65,30 +69,9 @@ def test_wan_option_names_why_links_cannot_be_built(monkeypatch: pytest.MonkeyPa
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    workdir = tmp_path_factory.mktemp("bench-wan")
-    path = workdir / "wan.json"
-    # A child process in an empty directory: the installed package, never a source checkout.
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pycomm",
-            "bench",
-            "allreduce",
-            "--wan",
-            QUICK_LINK,
-            "--quick",
-            "--json",
-            str(path),
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=QUICK_DEADLINE_S,
-        check=False,
+    return run_bench(
+        ["allreduce", "--wan", QUICK_LINK, "--quick"], tmp_path_factory.mktemp("bench-wan"), QUICK_DEADLINE_S
     )
-    assert completed.returncode == 0, completed.stderr[-5000:]
-    return json.loads(path.read_text(encoding="utf-8")), completed.stdout
 
 
 def positive(value: Any) -> bool:

@@ -56,7 +56,7 @@ class DataListener:
         self.port = self._socket.getsockname()[1]
         # (epoch, sender) -> (stripes announced, {stripe: socket}) for ring links still arriving.
         self._ring_links: dict[tuple[int, str], tuple[int, dict[int, socket.socket]]] = {}
-        self._fetch_channels: set[Channel] = set()
+        self._serving: set[Channel] = set()
         self._arrived = threading.Condition()
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -80,7 +80,7 @@ class DataListener:
                     sock.close()
             self._ring_links.clear()
             # A fetch server waiting for its peer's next request ends now, not at its timeout.
-            for channel in self._fetch_channels:
+            for channel in self._serving:
                 channel.close()
             self._arrived.notify_all()
         for thread in list(self._threads):
@@ -136,33 +136,8 @@ class DataListener:
         except (CommError, OSError):
             channel.close()
             return
-        if kind == "probe":
-            with self._arrived:
-                if self._closing.is_set():
-                    channel.close()
-                    return
-                self._fetch_channels.add(channel)  # closed by close() like a fetch link
-            try:
-                _absorb_probe(channel)
-            except (CommError, OSError):
-                pass  # the prober sees its probe fail
-            finally:
-                with self._arrived:
-                    self._fetch_channels.discard(channel)
-                channel.close()
-            return
-        if kind == "fetch":
-            with self._arrived:
-                if self._closing.is_set():
-                    channel.close()
-                    return
-                self._fetch_channels.add(channel)
-            try:
-                self._serve_fetch(channel)
-            finally:
-                with self._arrived:
-                    self._fetch_channels.discard(channel)
-                channel.close()
+        if kind in ("probe", "fetch"):
+            self._serve(channel, _absorb_probe if kind == "probe" else self._serve_fetch)
             return
         sock.settimeout(None)
         with self._arrived:
@@ -177,6 +152,22 @@ class DataListener:
                 announced, pool = self._ring_links[(epoch, sender)] = (stripes, {})
             pool[stripe] = sock
             self._arrived.notify_all()
+
+    def _serve(self, channel: Channel, handler: Callable[[Channel], None]) -> None:
+        """Runs a fetch or probe link's handler; close() closes the channel if it is still open."""
+        with self._arrived:
+            if self._closing.is_set():
+                channel.close()
+                return
+            self._serving.add(channel)
+        try:
+            handler(channel)
+        except (CommError, OSError):
+            pass  # the other side sees its request fail
+        finally:
+            with self._arrived:
+                self._serving.discard(channel)
+            channel.close()
 
     def take_ring_links(self, epoch: int, sender: str, timeout: float) -> list[socket.socket]:
         """The pool of connections `sender` opened to this peer for `epoch`, in stripe order, once all
