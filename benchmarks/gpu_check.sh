@@ -48,6 +48,14 @@ echo "cuda tests (all) rc=$?" | tee -a "$OUT/steps.txt"
 cat /tmp/pycomm-tests-cuda-all.log >> "$OUT/tests.log"
 tail -5 /tmp/pycomm-tests-cuda-all.log
 
+# torch's CUDA tensors through backend "pycomm" (staged through the host): MPI jobs, so only where
+# the mpich wheel's mpiexec is installed beside this interpreter.
+if [ -x "$(dirname "$(command -v "$PYTHON")")/mpiexec" ]; then
+  timeout 120 "${RUN[@]}" -m pytest -q -p no:cacheprovider -rs tests/test_torch_cuda.py \
+    >> "$OUT/tests.log" 2>&1
+  echo "torch cuda tests rc=$?" | tee -a "$OUT/steps.txt"
+fi
+
 status "benchmark"
 (cd "$OUT" && timeout 100 "${RUN[@]}" -m pycomm.benchmarks.pack_gpu --json "$OUT/pack_gpu.json") \
   2>&1 | tee "$OUT/pack_gpu.log" | tail -60

@@ -90,6 +90,11 @@ class ReduceOp:
         self.factor: Any = None
         if torch_op == dist.ReduceOp.PREMUL_SUM:
             self.name = "premul_sum"
+            if not hasattr(torch_op, "factor"):
+                raise NotSupportedError(
+                    f"ReduceOp.PREMUL_SUM: torch {torch.__version__} does not expose the op's factor to "
+                    "Python backends (torch 2.13 does); use SUM and scale the tensor"
+                )
             self.factor = torch_op.factor
             if self.factor is None:
                 raise BackendArgumentError("ReduceOp.PREMUL_SUM without a factor")
@@ -153,6 +158,10 @@ class Tensor:
     def write_back(self) -> None:
         if self._output:
             self.tensor.copy_(self.host)
+            if self.tensor.device.type == "cuda":
+                # A copy from pageable host memory may still be in flight when copy_ returns, on this
+                # thread's stream; the caller's streams must see the result once the Work is done.
+                torch.cuda.current_stream(self.tensor.device).synchronize()
 
 
 def tensors(values: Sequence[Any], role: str, output: bool) -> list[Tensor]:

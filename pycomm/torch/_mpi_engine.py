@@ -1,7 +1,8 @@
 """The MPI engine of backend "pycomm": each group is an mpi4py communicator of its own (a duplicate
 of ``COMM_WORLD`` for the default group, a sub-communicator for ``new_group``), and, when the group's
 topology has more than one level, a :class:`~pycomm.hier.HierComm` that runs the all-reduce,
-all-gather and reduce-scatter level by level.
+all-gather and reduce-scatter level by level; when its ranks share one machine instead, a
+shared-memory all-reduce (:mod:`pycomm.torch._shm`) takes the all-reduces of 64 KiB and more.
 
 Numeric rules (every rank ends with identical bytes):
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from pycomm import kernels
 from pycomm.torch._group import FLOAT_KINDS, BackendArgumentError, ReduceOp, display_name
+from pycomm.torch._shm import SharedMemoryAllReduce
 
 _INTEGER_KINDS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 _COMPLEX_KINDS = ("complex64", "complex128")
@@ -81,6 +83,8 @@ class MpiEngine:
             from pycomm.hier import HierComm
 
             self.hier = HierComm(comm, topology)
+        # Ranks of one machine: large all-reduces through shared memory (see _shm).
+        self.shared = SharedMemoryAllReduce.create(comm) if self.hier is None else None
         self._ops = {
             "sum": MPI.SUM,
             "avg": MPI.SUM,
@@ -103,6 +107,9 @@ class MpiEngine:
         }
 
     def close(self) -> None:
+        if self.shared is not None:
+            self.shared.free()
+            self.shared = None
         if self.hier is not None:
             self.hier.free()
             self.hier = None
@@ -153,7 +160,10 @@ class MpiEngine:
             self.hier.all_reduce(array, out=array, op=op.name, dtype=kind)
             return
         wide, mpi_op = self._reduced(array, kind, op)
-        self.comm.Allreduce(self._MPI.IN_PLACE, wide, mpi_op)
+        if self.shared is not None and self.shared.applies(wide, op.name):
+            self.shared.all_reduce(wide, op.name)
+        else:
+            self.comm.Allreduce(self._MPI.IN_PLACE, wide, mpi_op)
         self._finish(wide, array, kind, op, self.size)
 
     def reduce(self, array: np.ndarray, kind: str, op: ReduceOp, root: int) -> None:
