@@ -1,8 +1,9 @@
 """pycomm.hier.torch.ShardedModule on 8 ranks faking 2 nodes x 2 GPUs x 2 GCDs: a small MLP trained
 by ``zero3``, ``zeropp`` and ``frontier3`` ends bitwise equal to plain data-parallel training with
 quantization off; the quantized presets stay within a stated loss tolerance; a checkpoint loaded into
-a fresh ShardedModule continues bitwise identically, and the hpZ secondary copy is fresh after every
-step and after the load; bad modules and mismatched world sizes are refused.
+a fresh ShardedModule continues bitwise identically, the hpZ secondary copy is filled by every
+forward pass (after a step and after the load); one training step sends, per level, exactly the bytes
+the plan counts; bad modules and mismatched world sizes are refused.
 
 Bitwise equality to data parallelism needs the same float32 sums: HierComm reduces innermost level
 first, pairwise on this topology (ranks 0+1, then (0+1)+(2+3), then the two nodes), whichever split
@@ -79,7 +80,13 @@ def _adam(params):
 def _unquantized(plan):
     from pycomm.hier.plan import POLICY_KEYS, ZeroPlan
 
-    return ZeroPlan(plan.topology, plan.n_params, {key: plan.policy[key].level for key in POLICY_KEYS})
+    return ZeroPlan(
+        plan.topology,
+        plan.n_params,
+        {key: plan.policy[key].level for key in POLICY_KEYS},
+        bytes_per_param=plan.bytes_per_param,
+        gradient_bytes_per_param=plan.gradient_bytes_per_param,
+    )
 
 
 def _train(sharded, rank: int, steps: range) -> list[float]:
@@ -146,9 +153,21 @@ def equality_and_quantization() -> dict:
     with HierComm(world, topology) as hc:
         for scheme in ("zero3", "zeropp", "frontier3"):
             preset = ZeroPlan(topology, 212, scheme)
-            for label, plan in (("off", _unquantized(preset)), ("on", preset)):
+            # What one step should send: the module moves float32 weights and gradients, in one flat
+            # buffer padded to a multiple of the world size (216 elements).
+            sent = ZeroPlan(topology, 216, scheme, bytes_per_param=4, gradient_bytes_per_param=4)
+            for label, plan, expected in (
+                ("off", _unquantized(preset), _unquantized(sent)),
+                ("on", preset, sent),
+            ):
                 sharded = ShardedModule(_model(0), hc, plan, _sgd)
-                _train(sharded, world.rank, range(STEPS))
+                hc.reset_stats()
+                _train(sharded, world.rank, range(1))
+                result[(scheme, label, "step_bytes")] = (
+                    [counters["sent_bytes"] for counters in hc.stats.values()],
+                    [row["total"] for row in expected.bytes_per_level()],
+                )
+                _train(sharded, world.rank, range(1, STEPS))
                 parameters = sharded.full_parameters()
                 result[(scheme, label, "loss")] = _evaluation_loss(parameters)
                 result[(scheme, label, "bitwise")] = all(
@@ -198,17 +217,22 @@ def checkpoint_and_errors() -> dict:
             for step in range(STEPS):
                 losses += _train(uninterrupted, world.rank, range(step, step + 1))
                 if checks:
+                    # The forward pass fills the copy its backward pass gathers from.
+                    uninterrupted(_batch(world.rank, step)[0])
                     fresh.append(_secondary_is_fresh(uninterrupted, uninterrupted.full_parameters()))
                 if step == 2:
                     checkpoint = uninterrupted.state_dict()
             resumed = ShardedModule(_model(1), hc, plan, _adam)
-            if checks:
-                result[(label, "stale_before_load")] = not _secondary_is_fresh(
-                    resumed, checkpoint["parameters"]
-                )
             resumed.load_state_dict(checkpoint)
             if checks:
-                result[(label, "fresh_after_load")] = _secondary_is_fresh(resumed, checkpoint["parameters"])
+                # A fresh module starts from other weights: only the forward pass after the load makes
+                # its copy current (the continued training below would differ otherwise).
+                result[(label, "stale_before_forward")] = not _secondary_is_fresh(
+                    resumed, checkpoint["parameters"]
+                )
+                resumed(_batch(world.rank, 3)[0])
+                fresh_after_forward = _secondary_is_fresh(resumed, checkpoint["parameters"])
+                result[(label, "fresh_after_forward")] = fresh_after_forward
                 result[(label, "fresh_after_steps")] = fresh
             resumed_losses = _train(resumed, world.rank, range(3, STEPS))
             final, final_resumed = uninterrupted.full_parameters(), resumed.full_parameters()
@@ -260,6 +284,9 @@ def test_schemes_match_data_parallel_and_quantized_loss_stays_close():
             assert seen[(scheme, "off", "bitwise")], (rank, scheme)
             unquantized, quantized = seen[(scheme, "off", "loss")], seen[(scheme, "on", "loss")]
             assert unquantized == seen["reference_loss"]
+            for label in ("off", "on"):
+                measured, planned = seen[(scheme, label, "step_bytes")]
+                assert measured == planned, (rank, scheme, label)
             if scheme != "zero3":  # zero3 has no quantizers; the others must really quantize
                 assert not seen[(scheme, "on", "bitwise")], (rank, scheme)
             assert abs(quantized - unquantized) <= QUANTIZED_LOSS_TOLERANCE * unquantized, (
@@ -278,9 +305,8 @@ def test_checkpoint_resumes_identically_with_a_fresh_hpz_copy_and_errors_are_cle
         for label in ("zeropp-off", "zeropp", "frontier3"):
             assert seen[(label, "losses")], (rank, label)
             assert seen[(label, "parameters")], (rank, label)
-        # A fresh module starts from other weights, so only a refresh on load makes its copy current.
-        assert seen[("zeropp-off", "stale_before_load")], rank
-        assert seen[("zeropp-off", "fresh_after_load")], rank
+        assert seen[("zeropp-off", "stale_before_forward")], rank
+        assert seen[("zeropp-off", "fresh_after_forward")], rank
         assert seen[("zeropp-off", "fresh_after_steps")] == [True] * STEPS, rank
         errors = seen["errors"]
         assert "device meta" in errors["device"] and "CPU" in errors["device"]

@@ -16,15 +16,15 @@ entry names (``S_x`` ranks for the span of entry ``x``):
 
 One training step, with ``qx`` the quantizer of entry ``x``::
 
-    loss = sharded(inputs)...      # all_gather(primary, levels 0..f, qf) into the module's parameters
+    loss = sharded(inputs)...      # all_gather(primary, levels 0..f, qf) into the module's parameters;
+                                   # under hpZ the secondary shard is sliced from it
     sharded.backward(loss)         # all_gather(secondary or primary, levels 0..b, qb) into the same
                                    # storage, loss.backward(), then reduce_scatter(gradients,
                                    # levels 0..f, qg) (+ all-reduce up to the gradient span) added
                                    # into the accumulator; call it once per micro-step
     sharded.step()                 # gradient_sync: reduce_scatter over levels f+1..o (+ all-reduce
                                    # above), divide by W, optimizer.step() on the master shard,
-                                   # parameter_update: all_gather(master, levels f+1..o), then the
-                                   # secondary shard is refreshed
+                                   # parameter_update: all_gather(master, levels f+1..o)
 
 Averaging rule: every gradient collective sums; the optimizer sees the sum over ranks divided by the
 world size ``W`` once, in float32, after the last reduction (exact when ``W`` is a power of two).
@@ -32,9 +32,12 @@ Micro-steps add up: scale the loss by ``1 / micro_steps`` to average over them.
 
 The backward gather writes into the storage the module's parameters view, so autograd's saved
 weights are the backward-gathered ones: with hpZ the backward pass really uses the secondary copy,
-and a stale copy would change the gradients. The secondary copy is therefore refreshed, by an
-all-gather of the primary shards as the forward gather does it, right after every optimizer step and
-after :meth:`ShardedModule.load_state_dict`, never left for a later forward pass to fix.
+and a stale copy would change the gradients. As in ZeRO++, the secondary copy is filled from every
+forward gather (its quantizer included), so the backward pass of a micro-step gathers exactly the
+weights its forward pass used, and a step sends the plan's collectives and no other: no separate
+refresh after the optimizer step or a checkpoint load. Between an optimizer step (or a load) and the
+next forward pass the secondary copy still holds the weights before it; only a forward pass uses it
+next.
 
 Supported plans: the backward span no wider than the forward span, and the forward span equal to the
 narrower of the gradient and optimizer spans (every preset: ``zero3``, ``zeropp``, ``mics``, ``hsdp``,
@@ -149,6 +152,9 @@ class ShardedModule:
         self._hc.all_gather(
             self._primary, self._full, levels=range(forward.level + 1), quantization=forward.quantizer
         )
+        if self._has_secondary:
+            start, stop = self.secondary_range  # type: ignore[misc]
+            self._secondary[...] = self._full[start:stop]
         return self.module(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -181,8 +187,8 @@ class ShardedModule:
         self._micro_steps += 1
 
     def step(self) -> None:
-        """The once-per-step gradient reduction, the optimizer step on the master shard, the
-        all-gather of the updated weights into the primary shards and the secondary refresh."""
+        """The once-per-step gradient reduction, the optimizer step on the master shard and the
+        all-gather of the updated weights into the primary shards."""
         if self._micro_steps == 0:
             raise InvalidArgumentError("step() before any backward(): there are no gradients to apply")
         forward, _, gradient, optimizer_level = self._spans
@@ -252,7 +258,7 @@ class ShardedModule:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores a :meth:`state_dict` saved by the same rank under the same topology and policy
         (collective): the master shard and optimizer state, then the primary shards by the
-        parameter-update gather and the secondary copy from them, as after an optimizer step."""
+        parameter-update gather, as after an optimizer step."""
         if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
             raise InvalidArgumentError(f"not a {CHECKPOINT_FORMAT} checkpoint (see ShardedModule.state_dict)")
         expected = {
@@ -286,8 +292,8 @@ class ShardedModule:
 
     @property
     def secondary_shard(self) -> np.ndarray | None:
-        """A copy of the hpZ secondary shard (chunk ``rank % S_b`` of the flat weights), or None when
-        the plan has no secondary partition."""
+        """A copy of the hpZ secondary shard (chunk ``rank % S_b`` of the flat weights, as the last
+        forward pass gathered them), or None when the plan has no secondary partition."""
         return self._secondary.copy() if self._has_secondary else None
 
     @property
@@ -317,7 +323,7 @@ class ShardedModule:
             offset += count
 
     def _publish(self) -> None:
-        """Master shards -> primary shards (parameter_update) -> secondary copy (hpZ)."""
+        """Master shards -> primary shards (parameter_update)."""
         forward, _, _, optimizer_level = self._spans
         master = self._master.detach().numpy()
         if optimizer_level > forward:
@@ -329,15 +335,6 @@ class ShardedModule:
             )
         else:
             self._primary[...] = master
-        if self._has_secondary:
-            # Filled as ZeRO++ fills it, from the forward gather (its quantizer included), so that
-            # backward sees what forward saw.
-            placement = self.plan.policy["forward_gather"]
-            self._hc.all_gather(
-                self._primary, self._full, levels=range(forward + 1), quantization=placement.quantizer
-            )
-            start, stop = self.secondary_range  # type: ignore[misc]
-            self._secondary[...] = self._full[start:stop]
 
     def _all_reduce(self, data: np.ndarray, levels: range, quantizer: str | None) -> np.ndarray:
         if not len(levels):
