@@ -303,3 +303,37 @@ def test_an_epoch_without_a_ring_makes_its_operations_wait_for_the_next_epoch() 
                     continue
 
         assert all(np.all(x == 3) for x in on_all(comms, settle))
+
+
+def test_update_topology_after_a_failure_that_followed_the_agreement_raises_aborted() -> None:
+    # The members agree that a peer waits; a failure then ends the epoch before they call
+    # update_topology(). A member whose agreement was aborted by that failure retries its step from
+    # pending_peers(), so every member must: update_topology() raises the Aborted the failure owes
+    # (it used to wait for an admission the retrying members never asked for), and the retried
+    # step admits the newcomer.
+    with local_group(3) as (master, comms):
+        newcomer = Communicator(master.address, timeout=30)
+        connecting = threading.Thread(target=newcomer.connect, kwargs={"timeout": 30}, daemon=True)
+        connecting.start()
+        try:
+            # One collective first: right after their own admission, members skip their first
+            # pending_peers() (see its docstring).
+            on_all(comms, lambda c: c.all_reduce(np.ones(4)))
+            wait_until(lambda: all(c._pending_count == 1 for c in comms), "every member sees the newcomer")
+            assert on_all(comms, lambda c: c.pending_peers()) == [True, True, True]
+            epoch = comms[0].epoch
+            comms[2]._report_failure(epoch, "a test broke this peer's ring")
+            wait_until(lambda: all(c.epoch != epoch for c in comms), "every member is in a new epoch")
+
+            def step(comm: Communicator) -> int:
+                with pytest.raises(Aborted, match="the group changed"):
+                    comm.update_topology()
+                if comm.pending_peers():
+                    comm.update_topology()
+                return comm.world_size
+
+            assert on_all(comms, step) == [4, 4, 4]
+            connecting.join(30)
+            assert newcomer.world_size == 4
+        finally:
+            newcomer.close()

@@ -448,9 +448,15 @@ class Communicator:
 
     def update_topology(self, timeout: float | None = None) -> None:
         """Admits the waiting peers: a collective among the members, with no operation in flight.
-        Returns in the new epoch (also when a failure replaced the epoch meanwhile)."""
+        Returns in the new epoch (also when a failure replaced the epoch meanwhile; the next
+        operation then raises the Aborted that failure owes). Raises Aborted at once when a failure
+        ended the epoch after the last operation, the pending_peers() agreement included: that
+        agreement may have been aborted on other members, which are retrying their step."""
         with self._lock:
             self._raise_if_unusable()
+            # A failure after the members agreed on pending_peers(): some of them may have seen
+            # that agreement aborted and gone back to the start of their loops; this peer goes too.
+            self._raise_owed_abort()
             if self._inflight:
                 raise InvalidArgumentError(
                     f"update_topology() with {len(self._inflight)} operation(s) in flight; "
@@ -730,15 +736,7 @@ class Communicator:
             self._newly_admitted = False
         with self._lock:
             self._raise_if_unusable()
-            if self._owes_abort is not None:
-                # A failure ended the epoch and this peer has not raised Aborted for it yet (no
-                # operation of its was abandoned): every survivor gets one Aborted per failure,
-                # so all of them go back to the same point of their loops.
-                reason, self._owes_abort = self._owes_abort, None
-                raise Aborted(
-                    f"the group changed since the last operation ({reason}); it is now in epoch "
-                    f"{self._epoch} with {self.world_size} peer(s): retry"
-                )
+            self._raise_owed_abort()
             if tag in self._inflight:
                 raise InvalidArgumentError(
                     f"an operation with tag {tag} is already in flight; use another tag"
@@ -786,6 +784,17 @@ class Communicator:
                     raise CommTimeout(f"the master did not start a new epoch after epoch {epoch} in time")
                 self._lock.wait(left)
             return tag is not None and (tag, sequence) in self._decisions[epoch]
+
+    def _raise_owed_abort(self) -> None:
+        """Raises the Aborted this peer owes its loop (under the lock). A failure ended the epoch
+        and no operation of this peer was abandoned by it: every survivor gets one Aborted per
+        failure, so all of them go back to the same point of their loops."""
+        if self._owes_abort is not None:
+            reason, self._owes_abort = self._owes_abort, None
+            raise Aborted(
+                f"the group changed since the last operation ({reason}); it is now in epoch "
+                f"{self._epoch} with {self.world_size} peer(s): retry"
+            )
 
     def _raise_if_unusable(self) -> None:
         if self._evicted is not None:
