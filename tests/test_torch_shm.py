@@ -14,6 +14,8 @@ pytestmark = pytest.mark.mpi
 
 
 def shared_all_reduce() -> dict:
+    import os
+
     import numpy as np
     from mpi4py import MPI
 
@@ -22,6 +24,9 @@ def shared_all_reduce() -> dict:
     comm = MPI.COMM_WORLD.Dup()
     rank, size = comm.Get_rank(), comm.Get_size()
     shared = _shm.SharedMemoryAllReduce.create(comm)
+    # The segment is unlinked as soon as every rank has it mapped: nothing is left in /dev/shm.
+    comm.Barrier()  # rank 0 unlinks it when create() returns there
+    left = [name for name in os.listdir("/dev/shm") if name.startswith("pycomm-") and "-torch-" in name]
     chunk = _shm.CHUNK_BYTES
     problems, checked = [], 0
     cases = [
@@ -69,7 +74,7 @@ def shared_all_reduce() -> dict:
     ]
     shared.free()
     comm.Free()
-    return {"checked": checked, "problems": problems, "declined": declined}
+    return {"checked": checked, "problems": problems, "declined": declined, "left": left}
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -78,3 +83,4 @@ def test_shared_memory_all_reduce_is_the_rank_order_reduction(ranks):
         assert value["problems"] == []
         assert value["checked"] == 7
         assert value["declined"] == [False, False, False, False]
+        assert value["left"] == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pycomm import kernels
@@ -177,6 +178,21 @@ def _run_reduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _write(
+    args: argparse.Namespace, document: dict[str, Any], report: Callable[[dict[str, Any]], str]
+) -> None:
+    """The document as JSON where ``--json`` says, and the report printed unless the JSON went to
+    standard output."""
+    if args.json:
+        write_json(args.json, document)
+    if args.json != "-":
+        print(report(document))
+
+
 def _measure(
     cases: list[Case], bounds: list[Bound], settings: Settings, threads: int
 ) -> tuple[dict[str, Any], list[CaseResult]]:
@@ -187,9 +203,7 @@ def _measure(
     kernels.set_threads(threads)
     try:
         machine = machine_info()
-        case_results = run_benchmark(
-            cases, bounds, settings, progress=lambda line: print(line, file=sys.stderr, flush=True)
-        )
+        case_results = run_benchmark(cases, bounds, settings, progress=_progress)
     finally:
         # main() is also called in-process (tests, scripts): leave the process as it was found.
         kernels.set_threads(previous_threads)
@@ -346,10 +360,9 @@ def _run_allreduce_wan(args: argparse.Namespace) -> int:
     from pycomm.benchmarks import allreduce_wan as suite
 
     config = _allreduce_wan_config(args)
-    document = suite.run_wan(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.json:
-        write_json(args.json, document)
-    if args.json != "-":
+    document = suite.run_wan(config, progress=_progress)
+
+    def report(document: dict[str, Any]) -> str:
         machine, link = document["machine"], config.link
         title = (
             f"pycomm {machine['pycomm']} bench allreduce --wan {args.wan}: {machine['cpu_model']}, "
@@ -359,8 +372,9 @@ def _run_allreduce_wan(args: argparse.Namespace) -> int:
             f"{config.repeat} repetition(s) per system after {config.warmup} warm-up round(s), interleaved; "
             f"medians; {document['seconds']:.0f} s in all"
         )
-        print(title)
-        print(suite.format_wan_report(document))
+        return f"{title}\n{suite.format_wan_report(document)}"
+
+    _write(args, document, report)
     return 0
 
 
@@ -370,10 +384,9 @@ def _run_allreduce(args: argparse.Namespace) -> int:
     if args.wan is not None:
         return _run_allreduce_wan(args)
     config = _allreduce_config(args)
-    document = suite.run_allreduce(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.json:
-        write_json(args.json, document)
-    if args.json != "-":
+    document = suite.run_allreduce(config, progress=_progress)
+
+    def report(document: dict[str, Any]) -> str:
         machine, settings = document["machine"], document["settings"]
         title = (
             f"pycomm {machine['pycomm']} bench allreduce: {machine['cpu_model']}, {machine['usable_cores']} "
@@ -381,8 +394,9 @@ def _run_allreduce(args: argparse.Namespace) -> int:
             f"of >= {settings['min_time_s'] * 1000:g} ms per system and case, interleaved; medians; "
             f"{document['seconds']:.0f} s in all"
         )
-        print(title)
-        print(suite.format_report(document))
+        return f"{title}\n{suite.format_report(document)}"
+
+    _write(args, document, report)
     return 0
 
 
@@ -461,13 +475,8 @@ def _run_pack(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--interposer is used by --halo only; add --halo")
     settings = Settings(repeat=options["repeat"], min_time_s=options["min_time_ms"] / 1000)
     suite.pack_shapes(quick, options["groups"])  # refuses unknown groups before MPI starts
-    document = suite.run_pack(
-        options, settings, progress=lambda line: print(line, file=sys.stderr, flush=True)
-    )
-    if args.json:
-        write_json(args.json, document)
-    if args.json != "-":
-        print(suite.format_report(document))
+    document = suite.run_pack(options, settings, progress=_progress)
+    _write(args, document, suite.format_report)
     # A shape whose engines disagree was not timed: the run did not measure what it claims.
     return 1 if document["failures"] else 0
 
@@ -527,14 +536,9 @@ def _run_hier(args: argparse.Namespace) -> int:
     min_time_ms = args.min_time_ms if args.min_time_ms is not None else (1.0 if quick else 20.0)
     if not min_time_ms > 0:
         raise InvalidArgumentError(f"--min-time-ms must be positive, got {min_time_ms}")
-    document = suite.run_hier(
-        sizes, repeat, min_time_ms / 1000, progress=lambda line: print(line, file=sys.stderr, flush=True)
-    )
+    document = suite.run_hier(sizes, repeat, min_time_ms / 1000, progress=_progress)
     document["settings"]["quick"] = quick
-    if args.json:
-        write_json(args.json, document)
-    if args.json != "-":
-        print(suite.format_report(document))
+    _write(args, document, suite.format_report)
     # Bytes that differ from the formula mean the plan's per-level figures are not what is sent.
     return 0 if all(row["bytes_match"] for row in document["collectives"]) else 1
 
@@ -631,9 +635,6 @@ def _run_torch(args: argparse.Namespace) -> int:
     from pycomm.benchmarks import torch_backend as suite
 
     config = _torch_config(args)
-    document = suite.run_torch(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.json:
-        write_json(args.json, document)
-    if args.json != "-":
-        print(suite.format_report(document))
+    document = suite.run_torch(config, progress=_progress)
+    _write(args, document, suite.format_report)
     return 0

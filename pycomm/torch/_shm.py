@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pycomm import kernels
+from pycomm.errors import InvalidArgumentError
 
 CHUNK_BYTES = 1 << 20
 # Below this MPI's own all-reduce (a few exchange steps of small messages) is as fast.
@@ -91,12 +92,14 @@ class SharedMemoryAllReduce:
         return cls(comm, memory)
 
     def applies(self, array: np.ndarray, op: str) -> bool:
-        """Whether :meth:`all_reduce` takes ``array`` (C-contiguous): the same answer on every rank."""
+        """Whether :meth:`all_reduce` takes ``array``: the same answer on every rank."""
         return array.nbytes >= MIN_BYTES and op in _OPS and array.dtype in _DTYPES
 
     def all_reduce(self, array: np.ndarray, op: str) -> None:
         """In place; ``array`` is the same size and dtype on every rank (an MPI all-reduce's rule).
         ``avg`` and ``premul_sum`` sum: the engine scales before and divides after."""
+        if not array.flags.c_contiguous:
+            raise InvalidArgumentError("the shared-memory all-reduce takes C-contiguous arrays")
         dtype, kernel_op = _DTYPES[array.dtype], _OPS[op]
         data = array.reshape(-1).view(np.uint8)
         itemsize = array.itemsize
@@ -128,7 +131,9 @@ class SharedMemoryAllReduce:
 
 def _create_segment(length: int) -> str | None:
     """A new file of ``length`` reserved bytes in /dev/shm, or None where there is none or no room."""
-    path = f"/dev/shm/pycomm-torch-{os.getpid()}-{secrets.token_hex(6)}"
+    # Named as pycomm.ft's segments are, so that remove_stale_segments() also clears one whose
+    # creator died before unlinking it.
+    path = f"/dev/shm/pycomm-{os.getpid()}-torch-{secrets.token_hex(6)}"
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:
