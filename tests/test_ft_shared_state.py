@@ -10,7 +10,7 @@ import pytest
 
 from pycomm.errors import Aborted, CommError, InvalidArgumentError
 from pycomm.ft import SharedState
-from pycomm.testing.ft import local_group, on_all
+from pycomm.testing.ft import local_group, on_all, wait_until
 
 
 def test_a_receiver_fetches_only_differing_arrays_from_several_holders() -> None:
@@ -89,7 +89,9 @@ def _open_descriptors() -> int:
 def test_repeated_failures_leak_no_descriptor_or_thread() -> None:
     import threading
 
-    with local_group(3) as (master, comms):
+    # A fixed pool: a pool sized from the connect round trip (connections=None) may open more links
+    # in a later epoch on a loaded machine, which is not a leak.
+    with local_group(3, connections=2) as (master, comms):
         on_all(comms, lambda c: c.all_reduce(np.ones(8)))
         fds, threads = _open_descriptors(), threading.active_count()
         for cycle in range(5):
@@ -115,7 +117,8 @@ def test_repeated_failures_leak_no_descriptor_or_thread() -> None:
                         y[:] = 1
 
             assert all(np.all(y == 3) for y in on_all(comms, run))
-        assert _open_descriptors() <= fds
+        # The failed epochs' links close on their own threads, which a loaded machine runs late.
+        wait_until(lambda: _open_descriptors() <= fds, "the failed epochs' descriptors are closed", 20.0)
         assert threading.active_count() <= threads + 1  # a link thread may still be finishing
         assert master.group_state()["epoch"] >= 6
 
