@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pytest
 
 import pycomm
-from pycomm.errors import InvalidArgumentError, MissingDependencyError
+from pycomm.errors import CommTimeout, InvalidArgumentError, MissingDependencyError
 from pycomm.testing import (
     Code,
     JobFailed,
@@ -39,7 +39,7 @@ from pycomm.testing import (
     spawn_process,
 )
 from pycomm.testing import environment as harness_environment
-from pycomm.testing.ft import wait_until
+from pycomm.testing.ft import on_all, wait_until
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -410,3 +410,29 @@ def test_unusable_targets_are_rejected(local_cluster: LocalCluster) -> None:
         local_cluster.spawn(["-X", "dev", "-c", "pass"])
     with pytest.raises(InvalidArgumentError, match="name"):
         local_cluster.spawn(sleep_forever, name="../escape")
+
+
+def test_on_all_names_the_peer_that_did_not_finish_and_where_it_waits() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    release = threading.Event()
+
+    def step(comm: Any) -> int:
+        if comm.rank == 1:
+            release.wait(30)  # the one that hangs
+        elif comm.rank == 2:
+            raise ValueError("peer 2 gave up")
+        return comm.rank
+
+    comms = [SimpleNamespace(rank=rank, epoch=7) for rank in range(3)]
+    try:
+        with pytest.raises(CommTimeout) as raised:
+            on_all(comms, step, timeout=0.5)
+    finally:
+        release.set()
+    message = str(raised.value)
+    assert "peer(s) [1] did not finish within 0.5 s" in message
+    assert "peer 1 (epoch 7) waits in:" in message and "release.wait(30)" in message
+    assert "peer 0 (epoch 7) ended with None" in message
+    assert "peer 2 (epoch 7) ended with ValueError('peer 2 gave up')" in message

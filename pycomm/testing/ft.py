@@ -9,8 +9,10 @@ concurrently). Fault tests that kill or stall a peer need real processes (:class
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
@@ -45,12 +47,27 @@ def on_all(comms: Sequence[Any], fn: Callable[[Any], Any], timeout: float = 60.0
     deadline = time.monotonic() + timeout
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    if any(thread.is_alive() for thread in threads):
-        raise CommTimeout(f"on_all: a peer did not finish within {timeout:g} s")
+    stuck = [index for index, thread in enumerate(threads) if thread.is_alive()]
+    if stuck:
+        # Where each unfinished peer waits, and what the others ended with: the only record of an
+        # in-process hang.
+        frames = sys._current_frames()
+        lines = [f"on_all: peer(s) {stuck} did not finish within {timeout:g} s"]
+        for index, thread in enumerate(threads):
+            if index in stuck and thread.ident in frames:
+                stack = "".join(traceback.format_stack(frames[thread.ident])[-6:])
+                lines.append(f"--- peer {index} (epoch {_epoch(comms[index])}) waits in:\n{stack}")
+            else:
+                lines.append(f"--- peer {index} (epoch {_epoch(comms[index])}) ended with {errors[index]!r}")
+        raise CommTimeout("\n".join(lines))
     for error in errors:
         if error is not None:
             raise error
     return results
+
+
+def _epoch(comm: Any) -> Any:
+    return getattr(comm, "epoch", "?")
 
 
 def admit_all(members: Sequence[Any], newcomers: Sequence[Any], timeout: float = 30.0) -> None:
