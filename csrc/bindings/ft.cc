@@ -137,7 +137,14 @@ void bind_ft(py::module_& m) {
             py::gil_scoped_release release;
             handle.op->copy_result(view.data);
           },
-          py::arg("out"));
+          py::arg("out"))
+      .def(
+          "restore_input",
+          [](const OpHandle& handle) {
+            py::gil_scoped_release release;
+            handle.op->restore_input();
+          },
+          "After a failure: puts the input back into a buffer the operation wrote results into.");
 
   py::class_<RingEngine>(m, "RingEngine", "The data plane of one epoch (see csrc/ft/ring_engine.h).")
       .def(py::init([](const std::vector<int>& next_fds, const std::vector<int>& prev_fds, std::uint32_t rank,
@@ -181,10 +188,15 @@ void bind_ft(py::module_& m) {
             PYCOMM_ENFORCE(root < engine.world(), "root ", root, " is not a rank of a group of ", engine.world());
             const ArrayView view = view_array(input, spec.dtype, false, "x");
             PYCOMM_ENFORCE(view.count == count, "x has ", view.count, " elements, the operation ", count);
+            // An all-reduce of a writable buffer may write its result into it as it runs (shared
+            // memory): the caller copies the result back into the same buffer (Communicator).
+            void* in_place = spec.collective == ft::Collective::all_reduce && input.writeable()
+                                 ? view.data
+                                 : nullptr;
             OpHandle handle{nullptr, input};
             {
               py::gil_scoped_release release;
-              handle.op = engine.submit(spec, view.data);
+              handle.op = engine.submit(spec, view.data, in_place);
             }
             return handle;
           },

@@ -123,7 +123,7 @@ RingEngine::~RingEngine() {
   if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
-std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input) {
+std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input, void* in_place) {
   std::shared_ptr<RingOp> op;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -133,7 +133,8 @@ std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input
                    " is already in flight; concurrent operations need different tags");
     // A quantized all-reduce runs on the ring even among co-located peers: its result is defined by
     // what its wire quantization keeps.
-    const bool shared = shared_memory_ != nullptr && spec.collective == Collective::all_reduce && !spec.quantized();
+    const bool shared = shared_memory_ != nullptr && spec.collective == Collective::all_reduce && !spec.quantized() &&
+                        in_place != nullptr;
     if (shared) {
       // Each peer has kShmSlots slots; more operations in flight, issued in different orders on
       // different peers, could each hold slots the others wait for.
@@ -142,7 +143,8 @@ std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input
                           "first, or create the Communicator with shared_memory=False");
       shared_memory_in_flight_++;
     }
-    op = std::make_shared<RingOp>(spec, state.submitted++, rank_, world_, options_.segment_bytes, input, shared);
+    op = std::make_shared<RingOp>(spec, state.submitted++, rank_, world_, options_.segment_bytes, input,
+                                  shared ? in_place : nullptr);
     latest_[spec.tag] = op;
     if (stopping_) {
       op->finish(OpStatus::failed, failure_);

@@ -73,7 +73,9 @@ class RingEngine {
 
   // Starts an operation. Its sequence number is the number of operations submitted with the same
   // tag before it in this engine. Fails at once (status failed) when the engine has failed.
-  std::shared_ptr<RingOp> submit(const OpSpec& spec, const void* input);
+  // `in_place`: the caller's writable buffer at `input`, for an all-reduce whose result goes back
+  // into it; with shared memory such an all-reduce writes it there while it runs (see RingOp).
+  std::shared_ptr<RingOp> submit(const OpSpec& spec, const void* input, void* in_place = nullptr);
 
   // Fails every operation in flight with `reason` and stops the loop; returns once it has stopped.
   void abort(const std::string& reason);

@@ -67,18 +67,21 @@ bool reduces(Collective collective) {
 }  // namespace
 
 RingOp::RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, std::uint32_t world,
-               std::uint64_t segment_bytes, const void* input, bool shared_memory)
+               std::uint64_t segment_bytes, const void* input, void* in_place)
     : spec_(spec),
       sequence_(sequence),
       rank_(rank),
       world_(world),
       input_(input),
       accumulator_(reduces(spec.collective) ? kernels::accumulator_dtype(spec.dtype, spec.op) : spec.dtype),
-      shared_memory_(shared_memory) {
+      in_place_(in_place),
+      shared_memory_(in_place != nullptr) {
   const std::size_t item = dtype_size(spec.dtype);
   const std::size_t widest = std::max(item, dtype_size(accumulator_));
   if (shared_memory_) {
-    result_ = Scratch(spec.count * item);
+    PYCOMM_ENFORCE(spec.collective == Collective::all_reduce && !spec.quantized() && in_place == input,
+                   "only a plain all-reduce in place runs through shared memory");
+    backup_ = Scratch(spec.count * item);
     return;
   }
   gathers_ = spec.collective == Collective::all_reduce && world > 1 && !spec.quantized() &&
@@ -141,7 +144,24 @@ void RingOp::copy_result(void* destination) const {
   PYCOMM_ENFORCE(has_result_, "the result of ", spec_.describe(), " is not complete on this peer");
   PYCOMM_ENFORCE(status_ != OpStatus::running, "the result of ", spec_.describe(),
                  " is still being sent to the other peers");
+  if (shared_memory_) {
+    if (destination != in_place_ && !backup_.empty()) std::memcpy(destination, in_place_, backup_.size());
+    return;
+  }
   if (!result_.empty()) std::memcpy(destination, result_.data(), result_.size());
+}
+
+void RingOp::restore_input() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  PYCOMM_ENFORCE(status_ != OpStatus::running, "the input of ", spec_.describe(),
+                 " cannot be restored while the operation runs");
+  restore_input_locked();
+}
+
+void RingOp::restore_input_locked() {
+  if (!written_) return;
+  std::memcpy(in_place_, backup_.data(), backed_up_bytes_);
+  written_ = false;
 }
 
 void RingOp::finish(OpStatus status, const std::string& error) {
@@ -150,6 +170,9 @@ void RingOp::finish(OpStatus status, const std::string& error) {
     if (status_ != OpStatus::running) return;
     status_ = status;
     error_ = error;
+    // A failed shared-memory all-reduce that wrote part of its result leaves the input, as a ring
+    // operation does; one whose whole result is written keeps it until the group decides.
+    if (status == OpStatus::failed && !has_result_) restore_input_locked();
   }
   changed_.notify_all();
 }

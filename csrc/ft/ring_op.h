@@ -1,10 +1,13 @@
 // One collective operation on a ring of peers: what it is, the byte layout it works on, and its
 // progress. The ring engine (ring_engine.h) drives it; the caller waits on it.
 //
-// Every operation works in scratch buffers it owns and never writes the caller's buffer while it
-// runs: the result is copied out only when the caller commits it. That is what lets an aborted
+// Ring operations work in scratch buffers they own and never write the caller's buffer while they
+// run: the result is copied out only when the caller commits it. That is what lets an aborted
 // operation leave the caller's input exactly as it was, and lets survivors of a failure agree to
 // keep a result that every one of them holds (see the commit rule in pycomm/ft/communicator.py).
+// The shared-memory all-reduce is the exception: it writes each round's result into the caller's
+// buffer as soon as every peer reduced it (one copy of the data less), after saving that round's
+// input in a backup from which restore_input() puts the input back if the group abandons it.
 //
 // Layout: the elements are cut into one chunk per peer (chunk c: the first count % n chunks hold
 // one element more) and each chunk into segments of at most `segment_elements`, the unit that
@@ -72,13 +75,14 @@ inline constexpr std::uint64_t kGatherAllReduceBytes = 16 * 1024;
 class RingOp {
  public:
   // `input` must stay valid and unchanged until the operation has completed or failed.
-  // `shared_memory`: an all-reduce run by ShmAllReduce instead of the ring.
+  // `in_place`: an all-reduce run by ShmAllReduce instead of the ring, which writes its result into
+  // `in_place` (the caller's buffer, the same memory as `input`) while it runs; null for the ring.
   RingOp(const OpSpec& spec, std::uint64_t sequence, std::uint32_t rank, std::uint32_t world,
-         std::uint64_t segment_bytes, const void* input, bool shared_memory = false);
+         std::uint64_t segment_bytes, const void* input, void* in_place = nullptr);
 
   const OpSpec& spec() const { return spec_; }
   std::uint64_t sequence() const { return sequence_; }
-  std::size_t result_bytes() const { return result_.size(); }
+  std::size_t result_bytes() const { return shared_memory_ ? backup_.size() : result_.size(); }
 
   // Blocks until the operation completes or fails, or until the deadline; returns the status then.
   OpStatus wait(std::chrono::steady_clock::time_point deadline);
@@ -87,8 +91,12 @@ class RingOp {
   bool has_result() const;
   std::string error() const;
   // Copies the result into `destination` (result_bytes() bytes). Allowed when completed, or after a
-  // failure when has_result() is true and the group decided to keep it.
+  // failure when has_result() is true and the group decided to keep it. Nothing to copy when
+  // `destination` is the buffer a shared-memory all-reduce wrote its result into.
   void copy_result(void* destination) const;
+  // After a failure: puts back the input a shared-memory all-reduce overwrote with results, for an
+  // operation the group abandoned. Does nothing for other operations, or when nothing was written.
+  void restore_input();
 
  private:
   friend class RingEngine;
@@ -96,6 +104,7 @@ class RingOp {
 
   void finish(OpStatus status, const std::string& error);
   void mark_has_result();
+  void restore_input_locked();
 
   const OpSpec spec_;
   const std::uint64_t sequence_;
@@ -111,8 +120,14 @@ class RingOp {
   Scratch gathered_;
   bool gathers_ = false;
 
-  // Shared-memory progress (ShmAllReduce, engine thread only).
+  // Shared-memory progress (ShmAllReduce, engine thread only until the operation ends): the input
+  // of every round started so far is in backup_[0, backed_up_bytes_), and written_ says whether
+  // a result was written into in_place_ since (or since the last restore).
+  void* const in_place_;
   const bool shared_memory_;
+  Scratch backup_;
+  std::uint64_t backed_up_bytes_ = 0;
+  bool written_ = false;
   int shm_stage_ = 0;
   std::uint32_t shm_slot_ = 0;
   std::uint64_t shm_round_ = 0;

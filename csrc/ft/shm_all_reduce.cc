@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "common/error.h"
 #include "kernels/reduce.h"
 
@@ -23,24 +27,47 @@ bool has_consumed(const ShmSlot& slot, std::uint64_t rounds) {
   return slot.consumed.load(std::memory_order_acquire) >= rounds;
 }
 
+constexpr std::size_t kHalfBytes = kShmBufferBytes / 2;
+
+// Copies `bytes` from `source` to `hot` (read again soon) and to `cold` (read only on a restore):
+// one read of the source, and stores to `cold` that bypass the cache where the CPU has them.
+void copy_twice(unsigned char* hot, unsigned char* cold, const unsigned char* source, std::size_t bytes) {
+#if defined(__SSE2__)
+  if (reinterpret_cast<std::uintptr_t>(cold) % 16 == 0) {
+    std::size_t i = 0;
+    for (; i + 64 <= bytes; i += 64) {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(source + i));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(source + i + 16));
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(source + i + 32));
+      const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(source + i + 48));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(hot + i), a);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(hot + i + 16), b);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(hot + i + 32), c);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(hot + i + 48), d);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(cold + i), a);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(cold + i + 16), b);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(cold + i + 32), c);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(cold + i + 48), d);
+    }
+    _mm_sfence();
+    std::memcpy(hot + i, source + i, bytes - i);
+    std::memcpy(cold + i, source + i, bytes - i);
+    return;
+  }
+#endif
+  std::memcpy(hot, source, bytes);
+  std::memcpy(cold, source, bytes);
+}
+
+// Elements of one round: what fits half a slot buffer.
+std::uint64_t round_elements(std::size_t item) { return std::max<std::uint64_t>(kHalfBytes / item, 1); }
+
 }  // namespace
 
 ShmAllReduce::ShmAllReduce(std::vector<std::string> names, std::uint32_t rank)
     : names_(std::move(names)), rank_(rank), world_(static_cast<std::uint32_t>(names_.size())) {
   PYCOMM_ENFORCE(rank < world_, "rank ", rank, " outside ", world_, " shared-memory segments");
   segments_.resize(world_);
-}
-
-std::uint64_t ShmAllReduce::piece_elements(const RingOp& op) const {
-  // The input piece and this peer's output chunk (at most piece / world + 1 elements) share a buffer.
-  const std::size_t item = dtype_size(op.spec().dtype);
-  const std::uint64_t fit = (kShmBufferBytes / item - 64) * world_ / (world_ + 1);
-  return std::max<std::uint64_t>(fit, 1);
-}
-
-std::size_t ShmAllReduce::output_offset(const RingOp& op) const {
-  const std::size_t bytes = piece_elements(op) * dtype_size(op.spec().dtype);
-  return (bytes + 63) / 64 * 64;
 }
 
 ShmSlot* ShmAllReduce::find_slot(std::uint32_t peer, const RingOp& op) {
@@ -76,12 +103,22 @@ bool ShmAllReduce::every_peer(RingOp& op, bool (*ready)(const ShmSlot&, std::uin
   return true;
 }
 
+unsigned char* ShmAllReduce::half(std::uint32_t peer, const RingOp& op) {
+  const ShmSlot* slot = peer == rank_ ? &segments_[rank_]->header().slot[op.shm_slot_] : find_slot(peer, op);
+  const auto index = static_cast<std::uint32_t>(slot - segments_[peer]->header().slot);
+  return segments_[peer]->buffer(index) + (op.shm_round_ % 2) * kHalfBytes;
+}
+
 bool ShmAllReduce::advance(RingOp& op) {
   const OpSpec& spec = op.spec();
   const std::size_t item = dtype_size(spec.dtype);
-  const std::uint64_t piece = piece_elements(op);
+  const std::uint64_t piece = round_elements(item);
+  auto* caller = static_cast<unsigned char*>(op.in_place_);
   bool progress = false;
   while (true) {
+    const std::uint64_t first = op.shm_round_ * piece;
+    const std::uint64_t length = std::min(piece, spec.count - std::min(first, spec.count));
+    const ChunkLayout chunks{length, world_, 1};
     switch (op.shm_stage_) {
       case kClaim: {
         if (!segments_[rank_]) {
@@ -114,35 +151,27 @@ bool ShmAllReduce::advance(RingOp& op) {
         break;
       }
       case kInput: {
-        ShmSlot& slot = segments_[rank_]->header().slot[op.shm_slot_];
-        const std::uint64_t first = op.shm_round_ * piece;
-        const std::uint64_t length = std::min(piece, spec.count - std::min(first, spec.count));
+        // This half last held round shm_round_ - 2: every peer must have copied that one out.
+        if (op.shm_round_ >= 2 && !every_peer(op, has_consumed, op.shm_round_ - 1)) return progress;
         if (length != 0) {
-          std::memcpy(segments_[rank_]->buffer(op.shm_slot_), static_cast<const unsigned char*>(op.input_) + first * item,
-                      length * item);
+          const unsigned char* source = caller + first * item;
+          copy_twice(half(rank_, op), op.backup_.data() + first * item, source, length * item);
+          op.backed_up_bytes_ = (first + length) * item;
         }
-        slot.inputs.store(op.shm_round_ + 1, std::memory_order_release);
+        segments_[rank_]->header().slot[op.shm_slot_].inputs.store(op.shm_round_ + 1, std::memory_order_release);
         op.shm_stage_ = kReduce;
         progress = true;
         break;
       }
       case kReduce: {
-        // Every input of this round is there, and every peer copied out this peer's last chunk.
         if (!every_peer(op, has_inputs, op.shm_round_ + 1)) return progress;
-        if (!every_peer(op, has_consumed, op.shm_round_)) return progress;
-        const std::uint64_t first = op.shm_round_ * piece;
-        const std::uint64_t length = std::min(piece, spec.count - std::min(first, spec.count));
-        const ChunkLayout chunks{length, world_, 1};
         const std::uint64_t begin = chunks.chunk_begin(rank_);
         const std::uint64_t elements = chunks.chunk_length(rank_);
         if (elements != 0) {
           std::vector<const void*> inputs(world_);
-          for (std::uint32_t peer = 0; peer < world_; ++peer) {
-            const std::uint32_t slot = peer == rank_ ? op.shm_slot_ : static_cast<std::uint32_t>(find_slot(peer, op) - segments_[peer]->header().slot);
-            inputs[peer] = segments_[peer]->buffer(slot) + begin * item;
-          }
-          kernels::reduce(segments_[rank_]->buffer(op.shm_slot_) + output_offset(op), inputs.data(), world_, elements,
-                          spec.dtype, spec.op);
+          for (std::uint32_t peer = 0; peer < world_; ++peer) inputs[peer] = half(peer, op) + begin * item;
+          // In place: this peer's chunk of its own piece is read by no one else.
+          kernels::reduce(half(rank_, op) + begin * item, inputs.data(), world_, elements, spec.dtype, spec.op);
         }
         segments_[rank_]->header().slot[op.shm_slot_].reduced.store(op.shm_round_ + 1, std::memory_order_release);
         op.shm_stage_ = kCopyOut;
@@ -151,15 +180,12 @@ bool ShmAllReduce::advance(RingOp& op) {
       }
       case kCopyOut: {
         if (!every_peer(op, has_reduced, op.shm_round_ + 1)) return progress;
-        const std::uint64_t first = op.shm_round_ * piece;
-        const std::uint64_t length = std::min(piece, spec.count - std::min(first, spec.count));
-        const ChunkLayout chunks{length, world_, 1};
+        op.written_ = true;
         for (std::uint32_t peer = 0; peer < world_; ++peer) {
           const std::uint64_t elements = chunks.chunk_length(peer);
           if (elements == 0) continue;
-          const std::uint32_t slot = peer == rank_ ? op.shm_slot_ : static_cast<std::uint32_t>(find_slot(peer, op) - segments_[peer]->header().slot);
-          std::memcpy(op.result_.data() + (first + chunks.chunk_begin(peer)) * item,
-                      segments_[peer]->buffer(slot) + output_offset(op), elements * item);
+          const std::uint64_t begin = chunks.chunk_begin(peer);
+          std::memcpy(caller + (first + begin) * item, half(peer, op) + begin * item, elements * item);
         }
         segments_[rank_]->header().slot[op.shm_slot_].consumed.store(op.shm_round_ + 1, std::memory_order_release);
         op.shm_round_++;

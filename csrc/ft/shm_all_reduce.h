@@ -1,12 +1,18 @@
 // All-reduce through shared memory, for an epoch whose peers all run on one machine.
 //
-// The data is cut into rounds that fit a slot buffer. In each round every peer (1) copies its
-// piece of input into its own slot, (2) once every peer's piece is there, reduces its own chunk
-// of the piece over all peers' inputs in rank order (one pass, float32 accumulation for 16-bit
-// floats, as the kernels do) into its slot's output area, and (3) once every chunk is reduced,
-// copies all chunks into the operation's result. Each chunk is reduced once, by one peer, and
-// everyone copies the same bytes: identical results everywhere. A peer finishes only when every
-// peer copied every round (the same barrier as the ring engine's), then frees its slot.
+// The data is cut into rounds of half a slot buffer; consecutive rounds alternate between the two
+// halves. In each round every peer (1) copies its piece of input into its half and into the
+// operation's backup, (2) once every peer's piece is there, reduces its own element chunk of the
+// piece over all peers' pieces in rank order (one pass, float32 accumulation for 16-bit floats, as
+// the kernels do), in place in its half, and (3) once every chunk is reduced, copies every peer's
+// chunk into the caller's buffer. Each chunk is reduced once, by one peer, and everyone copies the
+// same bytes: identical results everywhere. The data moves through hot half-buffers, and the
+// result is written where it is wanted: each peer reads and writes its buffer about three times,
+// not four (a separate result buffer would need a copy more). The backup is what restores the
+// caller's input when the group abandons the operation (RingOp::restore_input()).
+//
+// A round refills a half only when every peer copied out the round before, which used it; a peer
+// finishes only when every peer copied every round, then frees its slot.
 //
 // Nothing here blocks: advance() moves an operation as far as it can and the ring engine's loop
 // calls it again; failures (a peer that dies, stalls or disagrees) end the epoch as they do for
@@ -37,8 +43,8 @@ class ShmAllReduce {
 
   ShmSlot* find_slot(std::uint32_t peer, const RingOp& op);
   bool every_peer(RingOp& op, bool (*ready)(const ShmSlot&, std::uint64_t), std::uint64_t value);
-  std::uint64_t piece_elements(const RingOp& op) const;
-  std::size_t output_offset(const RingOp& op) const;
+  // The half of `peer`'s slot buffer that the current round of `op` uses (its slot must exist).
+  unsigned char* half(std::uint32_t peer, const RingOp& op);
 
   std::vector<std::string> names_;
   std::uint32_t rank_;

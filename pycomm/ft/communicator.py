@@ -242,6 +242,10 @@ class Work:
                 self._outcome = (True, self._settle(self._comm.timeout if timeout is None else timeout))
             except BaseException as error:
                 self._outcome = (False, error)
+                # A shared-memory all-reduce writes results into the caller's buffer as it runs:
+                # one that failed puts the input back (ring operations never wrote it).
+                if self._handle is not None and self._handle.status != "running":
+                    self._handle.restore_input()
             finally:
                 self._comm._forget(self)
         ok, value = self._outcome
