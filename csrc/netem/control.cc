@@ -97,14 +97,14 @@ void ControlChannel::reply(const std::string& text) const {
 
 std::string stats_json(const Relay& relay) {
   std::ostringstream json;
-  const RelayCounters& totals = relay.counters();
+  const RelayCounters totals = relay.counters();
   json << "{\"received_packets\": " << totals.received_packets << ", \"unroutable\": " << totals.unroutable
        << ", \"links\": [";
   const char* separator = "";
   for (std::size_t source = 0; source < relay.peer_count(); ++source) {
     for (std::size_t destination = 0; destination < relay.peer_count(); ++destination) {
       if (source == destination) continue;
-      const LinkCounters& counters = relay.link_counters(source, destination);
+      const LinkCounters counters = relay.link_counters(source, destination);
       json << separator << "{\"source\": " << source << ", \"destination\": " << destination
            << ", \"forwarded_packets\": " << counters.forwarded_packets
            << ", \"forwarded_bytes\": " << counters.forwarded_bytes

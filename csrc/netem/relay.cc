@@ -1,6 +1,8 @@
 #include "netem/relay.h"
 
+#include <poll.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,9 +25,10 @@ constexpr int kMaxEvents = 64;
 constexpr std::size_t kMaxPacketBytes = 65536;
 // A link's queue beyond this is a mistake in the caller's arithmetic, not a plausible router.
 constexpr std::size_t kMaxQueueBytes = std::size_t{1} << 30;
-// epoll tags: devices are numbered from 0; these two sit above any peer index.
-constexpr std::uint32_t kTimerTag = 0xffffffffu;
-constexpr std::uint32_t kControlTag = 0xfffffffeu;
+// epoll tags of a forwarder's descriptors.
+constexpr std::uint32_t kDeviceTag = 0;
+constexpr std::uint32_t kTimerTag = 1;
+constexpr std::uint32_t kStopTag = 2;
 
 [[noreturn]] void fail_system(const char* what) { PYCOMM_THROW(IoError, what, ": ", std::strerror(errno)); }
 
@@ -74,11 +77,38 @@ struct Relay::Link {
   LossDraw loss_draw;
   LinkCounters counters;
   int destination_fd;
-  bool busy = false;  // listed in busy_links_
+  bool busy = false;  // listed in its forwarder's busy_links
 };
 
-Relay::Relay(const std::vector<PeerSpec>& peers, const std::string& device_name, std::uint64_t seed)
-    : receive_buffer_(kMaxPacketBytes) {
+// The thread of one peer's device and everything only it touches; `mutex` guards all of it (and
+// the links it owns) against the control thread.
+struct Relay::Forwarder {
+  explicit Forwarder(std::size_t peer) : source(peer), receive_buffer(kMaxPacketBytes) {}
+  ~Forwarder() {
+    if (timer_fd >= 0) ::close(timer_fd);
+    if (epoll_fd >= 0) ::close(epoll_fd);
+  }
+
+  void watch(int fd, std::uint32_t tag) const {
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.u32 = tag;
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &event) != 0) fail_system("epoll_ctl");
+  }
+
+  const std::size_t source;
+  int epoll_fd = -1;
+  int timer_fd = -1;
+  std::int64_t armed_deadline_ns = -1;  // -1: timer disarmed
+  std::vector<std::size_t> busy_links;  // its links with packets queued, in no particular order
+  std::vector<unsigned char> receive_buffer;
+  RelayCounters counters;
+  mutable std::mutex mutex;
+  std::thread thread;
+  std::string failure;  // set (under mutex) when the thread ended on an error
+};
+
+Relay::Relay(const std::vector<PeerSpec>& peers, const std::string& device_name, std::uint64_t seed) {
   PYCOMM_ENFORCE(peers.size() >= 2, "the relay needs at least 2 peers, got ", peers.size());
   devices_.reserve(peers.size());
   for (const PeerSpec& peer : peers) {
@@ -94,26 +124,28 @@ Relay::Relay(const std::vector<PeerSpec>& peers, const std::string& device_name,
       links_.push_back(std::make_unique<Link>(LinkSettings{}, devices_[destination].fd(), link_seed));
     }
   }
-  busy_links_.reserve(count * count);
-
-  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-  if (epoll_fd_ < 0) fail_system("epoll_create1");
-  timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (timer_fd_ < 0) fail_system("timerfd_create");
-  watch(timer_fd_, kTimerTag);
-  for (std::size_t peer = 0; peer < count; ++peer) watch(devices_[peer].fd(), static_cast<std::uint32_t>(peer));
+  stop_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  failed_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (stop_fd_ < 0 || failed_fd_ < 0) fail_system("eventfd");
+  for (std::size_t source = 0; source < count; ++source) {
+    auto forwarder = std::make_unique<Forwarder>(source);
+    forwarder->busy_links.reserve(count);
+    forwarder->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (forwarder->epoll_fd < 0) fail_system("epoll_create1");
+    forwarder->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (forwarder->timer_fd < 0) fail_system("timerfd_create");
+    forwarder->watch(forwarder->timer_fd, kTimerTag);
+    forwarder->watch(stop_fd_, kStopTag);
+    forwarder->watch(devices_[source].fd(), kDeviceTag);
+    forwarders_.push_back(std::move(forwarder));
+  }
 }
 
 Relay::~Relay() {
-  if (timer_fd_ >= 0) ::close(timer_fd_);
-  if (epoll_fd_ >= 0) ::close(epoll_fd_);
-}
-
-void Relay::watch(int fd, std::uint32_t tag) {
-  epoll_event event{};
-  event.events = EPOLLIN;
-  event.data.u32 = tag;
-  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &event) != 0) fail_system("epoll_ctl");
+  stop_forwarders();
+  forwarders_.clear();
+  if (failed_fd_ >= 0) ::close(failed_fd_);
+  if (stop_fd_ >= 0) ::close(stop_fd_);
 }
 
 std::size_t Relay::link_index(std::size_t source, std::size_t destination) const {
@@ -122,92 +154,147 @@ std::size_t Relay::link_index(std::size_t source, std::size_t destination) const
   return source * peer_count() + destination;
 }
 
-Relay::Link& Relay::link(std::size_t source, std::size_t destination) {
-  return *links_[link_index(source, destination)];
-}
-
-const Relay::Link& Relay::link(std::size_t source, std::size_t destination) const {
-  return *links_[link_index(source, destination)];
-}
-
 void Relay::set_link(std::size_t source, std::size_t destination, const LinkSettings& settings) {
   PYCOMM_ENFORCE(settings.delay_ns >= 0, "delay must not be negative, got ", settings.delay_ns, " ns");
   PYCOMM_ENFORCE(settings.loss >= 0 && settings.loss <= 1, "loss must be a probability in [0, 1], got ",
                  settings.loss);
   PYCOMM_ENFORCE(settings.queue_bytes >= kMaxPacketBytes && settings.queue_bytes <= kMaxQueueBytes, "queue must hold ",
                  kMaxPacketBytes, " to ", kMaxQueueBytes, " bytes, got ", settings.queue_bytes);
-  Link& changed = link(source, destination);
+  Link& changed = *links_[link_index(source, destination)];
+  std::lock_guard<std::mutex> lock(forwarders_[source]->mutex);
   if (settings.queue_bytes != changed.queue.capacity_bytes()) {
     changed.counters.dropped_queue_full += changed.queue.resize(settings.queue_bytes);
   }
   changed.settings = settings;
 }
 
-const LinkSettings& Relay::link_settings(std::size_t source, std::size_t destination) const {
-  return link(source, destination).settings;
+LinkSettings Relay::link_settings(std::size_t source, std::size_t destination) const {
+  const Link& link = *links_[link_index(source, destination)];
+  std::lock_guard<std::mutex> lock(forwarders_[source]->mutex);
+  return link.settings;
 }
 
-const LinkCounters& Relay::link_counters(std::size_t source, std::size_t destination) const {
-  return link(source, destination).counters;
+LinkCounters Relay::link_counters(std::size_t source, std::size_t destination) const {
+  const Link& link = *links_[link_index(source, destination)];
+  std::lock_guard<std::mutex> lock(forwarders_[source]->mutex);
+  return link.counters;
 }
 
 std::size_t Relay::link_queued_packets(std::size_t source, std::size_t destination) const {
-  return link(source, destination).queue.queued_packets();
+  const Link& link = *links_[link_index(source, destination)];
+  std::lock_guard<std::mutex> lock(forwarders_[source]->mutex);
+  return link.queue.queued_packets();
+}
+
+RelayCounters Relay::counters() const {
+  RelayCounters totals;
+  for (const auto& forwarder : forwarders_) {
+    std::lock_guard<std::mutex> lock(forwarder->mutex);
+    totals.received_packets += forwarder->counters.received_packets;
+    totals.unroutable += forwarder->counters.unroutable;
+  }
+  return totals;
 }
 
 void Relay::run(ControlChannel& control) {
-  watch(control.fd(), kControlTag);
+  for (const auto& forwarder : forwarders_) {
+    Forwarder& mine = *forwarder;
+    mine.thread = std::thread([this, &mine] {
+      try {
+        forward(mine);
+      } catch (const std::exception& error) {
+        {
+          std::lock_guard<std::mutex> lock(mine.mutex);
+          mine.failure = error.what();
+        }
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const ssize_t written = write(failed_fd_, &one, sizeof one);
+      }
+    });
+  }
+  try {
+    pollfd fds[2] = {{control.fd(), POLLIN, 0}, {failed_fd_, POLLIN, 0}};
+    while (true) {
+      if (poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        fail_system("poll");
+      }
+      if (fds[1].revents != 0) break;
+      if (fds[0].revents != 0 && !control.serve(*this)) break;
+    }
+  } catch (...) {
+    stop_forwarders();
+    throw;
+  }
+  stop_forwarders();
+  for (const auto& forwarder : forwarders_) {
+    std::lock_guard<std::mutex> lock(forwarder->mutex);
+    PYCOMM_ENFORCE_TYPE(IoError, forwarder->failure.empty(), "the forwarder of peer ", forwarder->source,
+                        " failed: ", forwarder->failure);
+  }
+}
+
+void Relay::stop_forwarders() {
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t written = write(stop_fd_, &one, sizeof one);
+  for (const auto& forwarder : forwarders_) {
+    if (forwarder->thread.joinable()) forwarder->thread.join();
+  }
+}
+
+void Relay::forward(Forwarder& forwarder) {
   epoll_event events[kMaxEvents];
-  bool serving = true;
-  while (serving) {
-    const int ready = epoll_wait(epoll_fd_, events, kMaxEvents, -1);
+  while (true) {
+    const int ready = epoll_wait(forwarder.epoll_fd, events, kMaxEvents, -1);
     if (ready < 0) {
       if (errno == EINTR) continue;
       fail_system("epoll_wait");
     }
+    std::lock_guard<std::mutex> lock(forwarder.mutex);
     for (int index = 0; index < ready; ++index) {
       const std::uint32_t tag = events[index].data.u32;
+      if (tag == kStopTag) return;
       if (tag == kTimerTag) {
         std::uint64_t expirations = 0;
         // Only clears the readiness; which packets are due is decided from the clock below.
-        if (read(timer_fd_, &expirations, sizeof expirations) < 0 && errno != EAGAIN) fail_system("read(timerfd)");
-        armed_deadline_ns_ = -1;
-      } else if (tag == kControlTag) {
-        serving = control.serve(*this);
+        if (read(forwarder.timer_fd, &expirations, sizeof expirations) < 0 && errno != EAGAIN) {
+          fail_system("read(timerfd)");
+        }
+        forwarder.armed_deadline_ns = -1;
       } else {
-        receive_from(tag, monotonic_now_ns());
+        receive(forwarder, monotonic_now_ns());
       }
     }
-    deliver_due(monotonic_now_ns());
-    arm_timer();
+    deliver_due(forwarder, monotonic_now_ns());
+    arm_timer(forwarder);
   }
 }
 
-void Relay::receive_from(std::size_t source, std::int64_t now_ns) {
-  const int fd = devices_[source].fd();
+void Relay::receive(Forwarder& forwarder, std::int64_t now_ns) {
+  const int fd = devices_[forwarder.source].fd();
   for (int packet = 0; packet < kReceiveBatch; ++packet) {
-    const ssize_t length = read(fd, receive_buffer_.data(), receive_buffer_.size());
+    const ssize_t length = read(fd, forwarder.receive_buffer.data(), forwarder.receive_buffer.size());
     if (length < 0) {
       if (errno == EAGAIN || errno == EINTR) return;
       fail_system("read(TUN device)");
     }
-    ++counters_.received_packets;
-    route(source, receive_buffer_.data(), static_cast<std::uint32_t>(length), now_ns);
+    ++forwarder.counters.received_packets;
+    route(forwarder, forwarder.receive_buffer.data(), static_cast<std::uint32_t>(length), now_ns);
   }
 }
 
-void Relay::route(std::size_t source, const unsigned char* packet, std::uint32_t length, std::int64_t now_ns) {
+void Relay::route(Forwarder& forwarder, const unsigned char* packet, std::uint32_t length, std::int64_t now_ns) {
   // IPv6 neighbour discovery and the like have no place on these links; only IPv4 between peers.
   if (length < 20 || (packet[0] >> 4) != 4) {
-    ++counters_.unroutable;
+    ++forwarder.counters.unroutable;
     return;
   }
   const auto found = peer_by_address_.find(ipv4_destination(packet));
-  if (found == peer_by_address_.end() || found->second == source) {
-    ++counters_.unroutable;
+  if (found == peer_by_address_.end() || found->second == forwarder.source) {
+    ++forwarder.counters.unroutable;
     return;
   }
-  const std::size_t index = source * peer_count() + found->second;
+  const std::size_t index = forwarder.source * peer_count() + found->second;
   Link& onward = *links_[index];
   if (onward.loss_draw.drop(onward.settings.loss)) {
     ++onward.counters.dropped_loss;
@@ -219,13 +306,14 @@ void Relay::route(std::size_t source, const unsigned char* packet, std::uint32_t
   }
   if (!onward.busy) {
     onward.busy = true;
-    busy_links_.push_back(index);
+    forwarder.busy_links.push_back(index);
   }
 }
 
-void Relay::deliver_due(std::int64_t now_ns) {
-  for (std::size_t position = 0; position < busy_links_.size();) {
-    Link& busy = *links_[busy_links_[position]];
+void Relay::deliver_due(Forwarder& forwarder, std::int64_t now_ns) {
+  std::vector<std::size_t>& busy_links = forwarder.busy_links;
+  for (std::size_t position = 0; position < busy_links.size();) {
+    Link& busy = *links_[busy_links[position]];
     PacketQueue& queue = busy.queue;
     while (!queue.empty() && queue.head_deadline() <= now_ns) {
       const std::uint32_t length = queue.head_length();
@@ -239,28 +327,28 @@ void Relay::deliver_due(std::int64_t now_ns) {
     }
     if (queue.empty()) {
       busy.busy = false;
-      busy_links_[position] = busy_links_.back();
-      busy_links_.pop_back();
+      busy_links[position] = busy_links.back();
+      busy_links.pop_back();
     } else {
       ++position;
     }
   }
 }
 
-void Relay::arm_timer() {
+void Relay::arm_timer(Forwarder& forwarder) {
   std::int64_t earliest = -1;
-  for (const std::size_t index : busy_links_) {
+  for (const std::size_t index : forwarder.busy_links) {
     const std::int64_t deadline = links_[index]->queue.head_deadline();
     if (earliest < 0 || deadline < earliest) earliest = deadline;
   }
-  if (earliest == armed_deadline_ns_) return;
+  if (earliest == forwarder.armed_deadline_ns) return;
   itimerspec when{};  // all zero: disarm
   if (earliest >= 0) {
     when.it_value.tv_sec = earliest / 1'000'000'000;
     when.it_value.tv_nsec = earliest % 1'000'000'000;
   }
-  if (timerfd_settime(timer_fd_, TFD_TIMER_ABSTIME, &when, nullptr) != 0) fail_system("timerfd_settime");
-  armed_deadline_ns_ = earliest;
+  if (timerfd_settime(forwarder.timer_fd, TFD_TIMER_ABSTIME, &when, nullptr) != 0) fail_system("timerfd_settime");
+  forwarder.armed_deadline_ns = earliest;
 }
 
 }  // namespace pycomm::netem

@@ -7,17 +7,27 @@
 // receiver's device, unless the link's loss draw or its full queue drops it. The rate is not the
 // relay's business: a tbf qdisc on each sender's device shapes it before the relay sees a packet.
 //
-// One thread, one epoll loop: devices, a timerfd armed for the earliest packet due, and the control
-// stream (see control.h). Each wakeup drains up to a batch of packets per device and writes every
-// packet that is due. Packets are copied once into their link's ring (packet_queue.h), so nothing is
-// allocated per packet; the links' rings are the only memory that grows with traffic, each bounded
-// by its queue size.
+// One forwarding thread per peer device: it reads the packets that peer sends, owns the links
+// that leave it (their delay lines, loss draws and counters) and a timerfd armed for the earliest
+// packet due on them, and writes due packets into the receivers' devices (a write carries one
+// packet, so threads writing into one device do not interleave). Every packet costs a read and a
+// write system call, and the receiving namespace's TCP runs inside that write: one thread for all
+// devices could not keep up with several peers at 1 Gbit/s, and the kernel dropped what waited in
+// the devices' rings. The calling thread serves the control stream (see control.h); a command
+// that touches a link takes its forwarder's lock, which the forwarder holds while it works.
+//
+// Each wakeup drains up to a batch of packets from the device and writes every packet that is due.
+// Packets are copied once into their link's ring (packet_queue.h), so nothing is allocated per
+// packet; the links' rings are the only memory that grows with traffic, each bounded by its queue
+// size.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -63,39 +73,37 @@ class Relay {
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
 
-  // Forwards packets and serves `control` until the control stream ends or asks to stop.
+  // Forwards packets (one thread per device) and serves `control` on the calling thread until the
+  // control stream ends or asks to stop; a forwarder's failure ends it too, rethrown here.
   void run(ControlChannel& control);
 
   std::size_t peer_count() const { return devices_.size(); }
   // Packets already queued keep their deadline; a smaller queue drops what no longer fits.
   void set_link(std::size_t source, std::size_t destination, const LinkSettings& settings);
-  const LinkSettings& link_settings(std::size_t source, std::size_t destination) const;
-  const LinkCounters& link_counters(std::size_t source, std::size_t destination) const;
+  LinkSettings link_settings(std::size_t source, std::size_t destination) const;
+  LinkCounters link_counters(std::size_t source, std::size_t destination) const;
   std::size_t link_queued_packets(std::size_t source, std::size_t destination) const;
-  const RelayCounters& counters() const { return counters_; }
+  RelayCounters counters() const;
 
  private:
   struct Link;
+  struct Forwarder;
 
   // Checks that the link exists (a control command may name any pair).
   std::size_t link_index(std::size_t source, std::size_t destination) const;
-  Link& link(std::size_t source, std::size_t destination);
-  const Link& link(std::size_t source, std::size_t destination) const;
-  void receive_from(std::size_t source, std::int64_t now_ns);
-  void route(std::size_t source, const unsigned char* packet, std::uint32_t length, std::int64_t now_ns);
-  void deliver_due(std::int64_t now_ns);
-  void arm_timer();
-  void watch(int fd, std::uint32_t tag);
+  void forward(Forwarder& forwarder);
+  void receive(Forwarder& forwarder, std::int64_t now_ns);
+  void route(Forwarder& forwarder, const unsigned char* packet, std::uint32_t length, std::int64_t now_ns);
+  void deliver_due(Forwarder& forwarder, std::int64_t now_ns);
+  void arm_timer(Forwarder& forwarder);
+  void stop_forwarders();
 
   std::vector<TunDevice> devices_;
   std::unordered_map<std::uint32_t, std::size_t> peer_by_address_;
   std::vector<std::unique_ptr<Link>> links_;  // source * peer_count() + destination
-  std::vector<std::size_t> busy_links_;       // links with packets queued, in no particular order
-  std::vector<unsigned char> receive_buffer_;
-  RelayCounters counters_;
-  int epoll_fd_ = -1;
-  int timer_fd_ = -1;
-  std::int64_t armed_deadline_ns_ = -1;  // -1: timer disarmed
+  std::vector<std::unique_ptr<Forwarder>> forwarders_;  // [source]: owns links source -> *
+  int stop_fd_ = -1;    // eventfd: readable once the forwarders must stop
+  int failed_fd_ = -1;  // eventfd: readable once a forwarder failed
 };
 
 // CLOCK_MONOTONIC in nanoseconds, the clock of every deadline in the relay.
