@@ -447,6 +447,29 @@ def test_shared_memory_segments_are_removed_and_large_operations_span_rounds() -
     assert segments() - before == set()
 
 
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16", "float64"])
+def test_shared_memory_rounds_split_anywhere_give_numpys_result(dtype: str) -> None:
+    # A round holds 256 KiB; the last round here is 1 element or 1 more than the peers, so some
+    # peers have no element of it to reduce, and the rounds alternate between the slot's halves.
+    per_round = (256 << 10) // np.dtype(np.uint16 if dtype == "bfloat16" else dtype).itemsize
+    with local_group(3) as (_, comms):
+        for size in (per_round * 2 + 1, per_round * 3 + 4, per_round - 1):
+
+            def run(comm, size=size):
+                results = {}
+                for tag, op in enumerate(("sum", "max", "avg")):
+                    x = peer_input(dtype, op, comm.rank, size)
+                    comm.all_reduce(x, op=op, tag=tag, dtype=dtype)
+                    results[op] = x
+                return results
+
+            per_peer = on_all(comms, run)
+            for op in ("sum", "max", "avg"):
+                expected = reference([peer_input(dtype, op, rank, size) for rank in range(3)], dtype, op)
+                for rank in range(3):
+                    assert per_peer[rank][op].tobytes() == expected.tobytes(), (size, op, rank)
+
+
 def test_more_shared_memory_operations_in_flight_than_slots_is_a_clear_error() -> None:
     import threading
 
