@@ -1,6 +1,8 @@
 #include "ft/ring_engine.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
@@ -37,6 +39,10 @@ struct RingEngine::EarlyFrame {
 };
 
 namespace {
+
+// Unsent bytes a connection of a pool may hold in its socket (TCP_NOTSENT_LOWAT); what it has in
+// flight is up to its window as before. Enough for a few milliseconds of one connection at 1 Gbit/s.
+constexpr int kPoolUnsentBytes = 256 * 1024;
 
 // What an early frame costs besides its payload (its header and bookkeeping): charged against
 // max_early_bytes too, so a flood of empty frames is bounded like a flood of data.
@@ -95,6 +101,13 @@ RingEngine::RingEngine(std::vector<transport::Socket> to_next, std::vector<trans
   for (transport::Socket& socket : to_next) {
     PYCOMM_ENFORCE(socket.valid(), "a connection to the next peer is not open");
     set_non_blocking(socket.fd());
+    if (to_next.size() > 1) {
+      // A pool's connections take frames as they drain (write_available()); without this limit the
+      // first writable one would take megabytes into its send buffer that a slower moment of that
+      // connection then holds up.
+      const int unsent = kPoolUnsentBytes;
+      setsockopt(socket.fd(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &unsent, sizeof unsent);
+    }
     outgoing_.push_back(std::make_unique<Outgoing>());
     outgoing_.back()->socket = std::move(socket);
   }
@@ -225,7 +238,8 @@ std::vector<std::uint64_t> RingEngine::bytes_sent_per_connection() const {
 }
 
 bool RingEngine::sending() const {
-  return std::any_of(outgoing_.begin(), outgoing_.end(), [](const auto& to) { return !to->queue.empty(); });
+  return !pending_.empty() ||
+         std::any_of(outgoing_.begin(), outgoing_.end(), [](const auto& to) { return !to->queue.empty(); });
 }
 
 void RingEngine::run() {
@@ -248,8 +262,8 @@ void RingEngine::run() {
       if (advance_shared_memory()) last_event = Clock::now();
       write_available();
       for (std::size_t i = 0; i < outgoing_.size(); ++i) {
-        fds[first_out + i] = {outgoing_[i]->socket.fd(), static_cast<short>(outgoing_[i]->queue.empty() ? 0 : POLLOUT),
-                              0};
+        const bool has_work = !outgoing_[i]->queue.empty() || !pending_.empty();
+        fds[first_out + i] = {outgoing_[i]->socket.fd(), static_cast<short>(has_work ? POLLOUT : 0), 0};
       }
       if (!starting.empty()) last_event = Clock::now();
       const bool busy = !active_.empty() || sending();
@@ -309,9 +323,9 @@ void RingEngine::fail_all(const std::string& reason) {
   shared_memory_ops_.clear();
   early_.clear();
   // Wakes the neighbours at once instead of leaving them to their deadlines.
+  pending_.clear();
   for (const auto& to : outgoing_) {
     to->queue.clear();
-    to->queued_bytes = 0;
     ::shutdown(to->socket.fd(), SHUT_RDWR);
   }
   for (const auto& from : receiving_) ::shutdown(from->socket.fd(), SHUT_RDWR);
@@ -448,15 +462,12 @@ void RingEngine::queue_token(const std::shared_ptr<RingOp>& op, std::uint32_t ho
 }
 
 void RingEngine::queue_frame(OutFrame frame) {
-  // The connection with the fewest bytes still to write: frames of one operation spread over the
-  // pool in proportion to how fast each connection drains.
-  Outgoing* to = outgoing_.front().get();
-  for (const auto& candidate : outgoing_) {
-    if (candidate->queued_bytes < to->queued_bytes) to = candidate.get();
-  }
+  // No connection is chosen yet: write_available() gives each frame to a connection that has room
+  // for it when its turn comes, so the frames of one operation spread over the pool in proportion
+  // to how fast each connection drains, also when one slows down (a loss halves its window) after
+  // the frames were queued.
   frame.op->sends_queued_++;
-  to->queued_bytes += kDataHeaderBytes + frame.bytes;
-  to->queue.push_back(std::move(frame));
+  pending_.push_back(std::move(frame));
 }
 
 unsigned char* RingEngine::place(Incoming& in) {
@@ -712,11 +723,18 @@ void RingEngine::read_available(Receiving& from) {
 }
 
 void RingEngine::write_available() {
-  for (const auto& to : outgoing_) write_available(*to);
+  const std::size_t count = outgoing_.size();
+  for (std::size_t turn = 0; turn < count; ++turn) write_available(*outgoing_[(next_connection_ + turn) % count]);
+  if (count != 0) next_connection_ = (next_connection_ + 1) % count;
 }
 
 bool RingEngine::write_available(Outgoing& to) {
-  while (!to.queue.empty()) {
+  while (true) {
+    if (to.queue.empty()) {
+      if (pending_.empty()) return true;
+      to.queue.push_back(std::move(pending_.front()));
+      pending_.pop_front();
+    }
     OutFrame& frame = to.queue.front();
     std::array<iovec, 2> parts{};
     int count = 0;
@@ -732,14 +750,20 @@ bool RingEngine::write_available(Outgoing& to) {
     message.msg_iovlen = count;
     const ssize_t sent = ::sendmsg(to.socket.fd(), &message, MSG_NOSIGNAL);
     if (sent < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // A frame not begun stays free for the next connection with room.
+        if (frame.written == 0) {
+          pending_.push_front(std::move(frame));
+          to.queue.pop_front();
+        }
+        return false;
+      }
       if (errno == EINTR) continue;
       PYCOMM_THROW(IoError, "sending to the next peer (rank ", (rank_ + 1) % world_,
                    ") failed: ", std::strerror(errno));
     }
     const auto written = static_cast<std::uint64_t>(sent);
     frame.written += written;
-    to.queued_bytes -= written;
     to.sent += written;
     bytes_sent_ += written;
     if (frame.written < kDataHeaderBytes + frame.bytes) continue;
@@ -748,7 +772,6 @@ bool RingEngine::write_available(Outgoing& to) {
     op->sends_queued_--;
     maybe_complete(op);
   }
-  return true;
 }
 
 }  // namespace pycomm::ft

@@ -97,11 +97,11 @@ class RingEngine {
   struct OutFrame;
   struct EarlyFrame;
   struct Incoming;
-  // One connection to the next peer and the frames queued on it.
+  // One connection to the next peer and the frame it is writing (a frame, once started, goes on the
+  // connection it started on; the others wait in pending_ for whichever connection has room first).
   struct Outgoing {
     transport::Socket socket;
-    std::deque<OutFrame> queue;
-    std::uint64_t queued_bytes = 0;
+    std::deque<OutFrame> queue;  // at most one frame
     std::atomic<std::uint64_t> sent{0};
   };
   // One connection from the previous peer and the frame being read from it.
@@ -172,6 +172,8 @@ class RingEngine {
   std::vector<std::shared_ptr<RingOp>> shared_memory_ops_;
   std::map<OpKey, std::vector<EarlyFrame>> early_;
   std::uint64_t early_bytes_ = 0;
+  std::deque<OutFrame> pending_;  // frames no connection has started, in the order they were queued
+  std::size_t next_connection_ = 0;  // where the next write pass starts, so that all connections take turns
 
   std::atomic<std::uint64_t> bytes_sent_{0};
   std::atomic<std::uint64_t> bytes_received_{0};
