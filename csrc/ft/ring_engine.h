@@ -4,9 +4,10 @@
 // One thread per engine runs an event loop over every socket and a wake-up eventfd: it reads
 // frames from the previous peer straight into the operations' scratch buffers, reduces them, and
 // writes queued frames to the next peer without ever blocking on one socket while another has
-// work. Striping: each frame goes to the connection to the next peer with the fewest bytes queued,
-// so one large operation spreads over the whole pool (a single TCP flow cannot fill a long, fat
-// link with default buffers). Frames are self-describing and placed wherever they arrive, so the
+// work. Striping: queued frames wait in one queue and each goes to the first connection to the next
+// peer with room for it (a pooled connection holds at most kPoolUnsentBytes unsent), so one large
+// operation spreads over the whole pool (a single TCP flow cannot fill a long, fat link with
+// default buffers) in proportion to how fast each connection drains at the time. Frames are self-describing and placed wherever they arrive, so the
 // pool needs no ordering between its connections. Operations are matched by (tag, sequence), where the sequence counts operations with that
 // tag in this epoch, so any number of operations with different tags may be in flight, in any
 // order on different peers. Frames for an operation this peer has not started yet are buffered
