@@ -322,8 +322,8 @@ void RingEngine::fail_all(const std::string& reason) {
   active_.clear();
   shared_memory_ops_.clear();
   early_.clear();
-  // Wakes the neighbours at once instead of leaving them to their deadlines.
   pending_.clear();
+  // Wakes the neighbours at once instead of leaving them to their deadlines.
   for (const auto& to : outgoing_) {
     to->queue.clear();
     ::shutdown(to->socket.fd(), SHUT_RDWR);
