@@ -46,8 +46,9 @@ def _join(address: str, world: int, **options) -> Communicator:
 def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank: int, options: dict) -> None:
     """Loops large all-reduces. The victim freezes itself inside its third one (the test then
     kills it); through shared memory, once its first round's result is in its buffer, so that the
-    survivors have written part of theirs too. The survivors check, after an Aborted, that the
-    buffer was restored and that the next all-reduce in the smaller group is exact, then exit."""
+    survivors write part of theirs too (each says when it sees that). The survivors check, after an
+    Aborted, that the buffer was restored and that the next all-reduce in the smaller group is
+    exact, then exit."""
     comm = _join(address, world, **options)
     print(f"ready rank={comm.rank}", flush=True)
     victim = comm.rank == victim_rank
@@ -58,6 +59,7 @@ def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank
         # Ones, so the expected sum is the group size the operation really ran with (the epoch
         # may change between reading comm.world_size and submitting).
         x = np.ones(size, np.float32)
+        partial = False
         try:
             work = comm.all_reduce_async(x)
             count += 1
@@ -70,10 +72,11 @@ def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank
                 os.kill(os.getpid(), signal.SIGSTOP)
             # Whether part of the result reached the buffer before the operation ended (a failed
             # operation is not done() until waited for: the poll has a deadline).
-            partial = False
             deadline = time.monotonic() + 20
             while in_place and not partial and not work.done() and time.monotonic() < deadline:
                 partial = bool(x[0] != 1)
+            if partial and not victim:
+                print(f"partial result in operation {count}", flush=True)
             info = work.wait()
         except Aborted as error:
             restored = bool(np.all(x == 1))
@@ -105,6 +108,11 @@ def test_sigkill_during_a_large_all_reduce_aborts_restores_and_recovers(options:
                 victim = peer
         members = master.group_state()["members"]
         victim.wait_for_line(r"stopping inside operation 3", timeout=60)
+        if options.get("shared_memory", True):
+            # Killed only once every survivor has seen part of the result in its buffer.
+            for peer in peers:
+                if peer is not victim:
+                    peer.wait_for_line(r"partial result in operation 3", timeout=60)
         victim.stall()  # already stopped by itself inside its third 64 MiB all-reduce
         victim.kill()
         for peer in peers:
