@@ -561,6 +561,17 @@ static float time_iters(const Variant& v, bool pack, const Bufs& b, cudaStream_t
 
 static bool g_anyFail = false;
 
+// After a CUDA error in `stage` of variant `v`: reports it and leaves `v` out of the rest. False
+// when there was no error.
+static bool variant_failed(Variant& v, cudaError_t err, const char* stage) {
+    if (err == cudaSuccess) return false;
+    printf("  %s: %s error %s\n", v.name.c_str(), stage, cudaGetErrorString(err));
+    v.failed = true;
+    g_anyFail = true;
+    die_if_context_broken(v.name.c_str());
+    return true;
+}
+
 static void run_case(std::vector<Variant>& vars, bool pack, Bufs& b, cudaStream_t st,
                      const char* sizeLabel) {
     const char* dir = pack ? "pack" : "unpack";
@@ -616,13 +627,7 @@ static void run_case(std::vector<Variant>& vars, bool pack, Bufs& b, cudaStream_
         for (;;) {
             cudaError_t err;
             float ms = time_iters(v, pack, b, st, e0, e1, it, &err);
-            if (err) {
-                printf("  %s: calibration error %s\n", v.name.c_str(), cudaGetErrorString(err));
-                v.failed = true;
-                g_anyFail = true;
-                die_if_context_broken(v.name.c_str());
-                break;
-            }
+            if (variant_failed(v, err, "calibration")) break;
             if (ms >= 2.0f || it >= (1 << 22)) break;
             double want = ms > 1e-4 ? 2.3 * it / ms : it * 16.0;
             it = (int)std::min<double>(1 << 22, std::max<double>(it * 2.0, want));
@@ -638,13 +643,7 @@ static void run_case(std::vector<Variant>& vars, bool pack, Bufs& b, cudaStream_
             if (v.failed) continue;
             cudaError_t err;
             float ms = time_iters(v, pack, b, st, e0, e1, iters[i], &err);
-            if (err) {
-                printf("  %s: timing error %s\n", v.name.c_str(), cudaGetErrorString(err));
-                v.failed = true;
-                g_anyFail = true;
-                die_if_context_broken(v.name.c_str());
-                continue;
-            }
+            if (variant_failed(v, err, "timing")) continue;
             t[i].push_back(ms * 1000.f / iters[i]);  // us per call
         }
     }

@@ -728,10 +728,10 @@ void RingEngine::write_available() {
   if (count != 0) next_connection_ = (next_connection_ + 1) % count;
 }
 
-bool RingEngine::write_available(Outgoing& to) {
+void RingEngine::write_available(Outgoing& to) {
   while (true) {
     if (to.queue.empty()) {
-      if (pending_.empty()) return true;
+      if (pending_.empty()) return;
       to.queue.push_back(std::move(pending_.front()));
       pending_.pop_front();
     }
@@ -756,7 +756,7 @@ bool RingEngine::write_available(Outgoing& to) {
           pending_.push_front(std::move(frame));
           to.queue.pop_front();
         }
-        return false;
+        return;
       }
       if (errno == EINTR) continue;
       PYCOMM_THROW(IoError, "sending to the next peer (rank ", (rank_ + 1) % world_,

@@ -146,7 +146,7 @@ class RingEngine {
   void maybe_complete(const std::shared_ptr<RingOp>& op);
   void read_available(Receiving& from);
   void write_available();
-  bool write_available(Outgoing& to);
+  void write_available(Outgoing& to);
   bool sending() const;
   void fail_all(const std::string& reason);
   void wake();

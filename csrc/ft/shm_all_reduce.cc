@@ -119,6 +119,18 @@ bool ShmAllReduce::advance(RingOp& op) {
   const std::uint64_t piece = round_elements(item);
   auto* caller = static_cast<unsigned char*>(op.in_place_);
   bool progress = false;
+  // This round's result is in the caller's buffer and no longer read from this peer's half.
+  const auto end_round = [&] {
+    segments_[rank_]->header().slot[op.shm_slot_].consumed.store(op.shm_round_ + 1, std::memory_order_release);
+    op.shm_round_++;
+    if (op.shm_round_ < op.shm_rounds_) {
+      op.shm_stage_ = kInput;
+    } else {
+      op.mark_has_result();
+      op.shm_stage_ = kFinish;
+    }
+    progress = true;
+  };
   while (true) {
     const std::uint64_t first = op.shm_round_ * piece;
     const std::uint64_t length = std::min(piece, spec.count - std::min(first, spec.count));
@@ -176,13 +188,8 @@ bool ShmAllReduce::advance(RingOp& op) {
           for (std::uint32_t peer = 0; peer < world_; ++peer) inputs[peer] = half(peer, op);
           op.written_ = true;
           if (length != 0) kernels::reduce(caller, inputs.data(), world_, length, spec.dtype, spec.op);
-          ShmSlot& slot = segments_[rank_]->header().slot[op.shm_slot_];
-          slot.reduced.store(1, std::memory_order_release);
-          slot.consumed.store(1, std::memory_order_release);
-          op.shm_round_ = 1;
-          op.mark_has_result();
-          op.shm_stage_ = kFinish;
-          progress = true;
+          segments_[rank_]->header().slot[op.shm_slot_].reduced.store(1, std::memory_order_release);
+          end_round();
           break;
         }
         const std::uint64_t begin = chunks.chunk_begin(rank_);
@@ -207,15 +214,7 @@ bool ShmAllReduce::advance(RingOp& op) {
           const std::uint64_t begin = chunks.chunk_begin(peer);
           std::memcpy(caller + (first + begin) * item, half(peer, op) + begin * item, elements * item);
         }
-        segments_[rank_]->header().slot[op.shm_slot_].consumed.store(op.shm_round_ + 1, std::memory_order_release);
-        op.shm_round_++;
-        if (op.shm_round_ < op.shm_rounds_) {
-          op.shm_stage_ = kInput;
-        } else {
-          op.mark_has_result();
-          op.shm_stage_ = kFinish;
-        }
-        progress = true;
+        end_round();
         break;
       }
       case kFinish: {
