@@ -136,16 +136,24 @@ def peer(args: argparse.Namespace) -> int:
     comm = pycomm.torch.communicator()
     model = _model()
     state = _State(model)
-    state.synchronize()
-    _load(model, state.parameters)
     inner = torch.optim.AdamW(model.parameters(), lr=args.inner_lr)
     generator = torch.Generator().manual_seed(os.getpid())
     # With --overlap: the outer all-reduce in flight, its outer gradient, and the local parameters
     # it was taken from.
     pending = None
     loss = torch.zeros(())
+    # After a failure the group is re-formed and the state taken from a peer furthest along; a
+    # failure during that recovery (another peer gone) only starts it again.
+    stale, synchronized = False, False
     while state.step.item() < args.outer_steps:
         try:
+            if stale:
+                pycomm.torch.reform(timeout)
+                stale, synchronized = False, False
+            if not synchronized:
+                state.synchronize()
+                _load(model, state.parameters)
+                synchronized = True
             for _ in range(args.inner_steps):
                 inputs, targets = _batch(generator)
                 loss = torch.nn.functional.mse_loss(model(inputs), targets)
@@ -176,10 +184,7 @@ def peer(args: argparse.Namespace) -> int:
             _end_of_outer_step(comm, state, loss, timeout)
         except (dist.DistBackendError, CommError) as error:
             print(f"recovering: {str(error).splitlines()[0][:160]}", flush=True)
-            pending = None
-            pycomm.torch.reform(timeout)
-            state.synchronize()
-            _load(model, state.parameters)
+            pending, stale = None, True
     _load(model, state.parameters)
     digest = kernels.hash64(state.parameters.numpy())
     print(

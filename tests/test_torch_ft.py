@@ -1,7 +1,8 @@
 """Backend "pycomm"'s fault-tolerant engine: peer processes that rendezvous through a master
 (``init_method="pycomm://..."``) run every operation against results computed from the known inputs;
 a peer killed inside an all-reduce makes the survivors raise ``DistBackendError`` with their tensor
-restored, and after ``pycomm.torch.reform()`` the next all-reduce runs among the survivors; the
+restored, and after ``pycomm.torch.reform()`` the next all-reduce runs among the survivors; a peer
+killed between operations costs the survivors one error too, raised by the stale group; the
 DiLoCo example finishes with a kill and a join, every peer on the same parameters, its loss close
 to a run without churn, also when each outer all-reduce overlaps the next inner steps.
 """
@@ -133,11 +134,24 @@ def pycomm_torch_close() -> None:
     pycomm.torch.communicator().close()
 
 
-def killed_during_all_reduce(address: str, world: int, victim: int) -> None:
+def _reform_and_all_reduce() -> None:
+    """After a failure: re-forms the group, runs one all-reduce of ones and leaves."""
     import torch
     import torch.distributed as dist
 
     import pycomm.torch
+
+    pycomm.torch.reform()
+    x = torch.ones(1000)
+    dist.all_reduce(x)
+    print(f"after reform size={dist.get_world_size()} sum={x[0].item()}", flush=True)
+    dist.destroy_process_group()
+    pycomm_torch_close()
+
+
+def killed_during_all_reduce(address: str, world: int, victim: int) -> None:
+    import torch
+    import torch.distributed as dist
 
     _group(address, world)
     rank = dist.get_rank()
@@ -153,12 +167,29 @@ def killed_during_all_reduce(address: str, world: int, victim: int) -> None:
     except dist.DistBackendError as error:
         restored = bool(torch.all(x == 1))
         print(f"failed restored={restored} cause={type(error.__cause__).__name__}", flush=True)
-    pycomm.torch.reform()
-    x = torch.ones(1000)
-    dist.all_reduce(x)
-    print(f"after reform size={dist.get_world_size()} sum={x[0].item()}", flush=True)
-    dist.destroy_process_group()
-    pycomm_torch_close()
+    _reform_and_all_reduce()
+
+
+def idle_when_a_peer_dies(address: str, world: int, victim: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    import pycomm.torch
+
+    _group(address, world)
+    comm = pycomm.torch.communicator()
+    rank, epoch = dist.get_rank(), comm.epoch
+    print(f"ready rank={rank}", flush=True)
+    if rank == victim:
+        time.sleep(120)
+    while comm.epoch == epoch:  # the group's next operation finds it stale
+        time.sleep(0.01)
+    try:
+        dist.all_reduce(torch.ones(4))
+        print("stale group: no error", flush=True)
+    except dist.DistBackendError as error:
+        print(f"stale group: cause={type(error.__cause__).__name__}", flush=True)
+    _reform_and_all_reduce()
 
 
 @pytest.mark.slow
@@ -180,28 +211,41 @@ def test_every_op_over_the_fault_tolerant_engine():
     assert ranks == {"0", "1", "2"}
 
 
-@pytest.mark.slow
-def test_killed_peer_surfaces_as_dist_backend_error_and_reform_recovers():
+def _kill_rank_two(function, before_kill: str | None = None) -> list[str]:
+    """Runs ``function`` on 3 peers, SIGKILLs rank 2 (once it printed ``before_kill``, if given),
+    and returns the two survivors' output."""
     master = Master()
     try:
         with LocalCluster(timeout=120) as cluster:
-            peers = cluster.spawn_many(3, killed_during_all_reduce, args=(master.address, 3, 2))
-            victim = None
+            peers = cluster.spawn_many(3, function, args=(master.address, 3, 2))
             for peer in peers:
                 peer.wait_for_line(r"ready rank=\d", timeout=90)
-            for peer in peers:
-                if "ready rank=2" in peer.read_stdout():
-                    victim = peer
-            victim.wait_for_line("stopping inside the all-reduce", timeout=30)
+            victim = next(peer for peer in peers if "ready rank=2" in peer.read_stdout())
+            if before_kill is not None:
+                victim.wait_for_line(before_kill, timeout=30)
             victim.kill()
             survivors = [peer for peer in peers if peer is not victim]
             for peer in survivors:
                 peer.wait(timeout=90)
-            outputs = [peer.read_stdout() for peer in survivors]
+            return [peer.read_stdout() for peer in survivors]
     finally:
         master.close()
-    for output in outputs:
+
+
+@pytest.mark.slow
+def test_killed_peer_surfaces_as_dist_backend_error_and_reform_recovers():
+    for output in _kill_rank_two(killed_during_all_reduce, "stopping inside the all-reduce"):
         assert "failed restored=True cause=Aborted" in output, output
+        assert "after reform size=2 sum=2.0" in output, output
+
+
+@pytest.mark.slow
+def test_a_failure_between_operations_raises_once_with_the_stale_group():
+    """A peer dies while the others run no operation: the epoch changes under the torch group, its
+    next operation raises DistBackendError (the failure's Aborted as cause), and that error is the
+    only one the failure costs: the first operation after reform() succeeds."""
+    for output in _kill_rank_two(idle_when_a_peer_dies):
+        assert "stale group: cause=Aborted" in output, output
         assert "after reform size=2 sum=2.0" in output, output
 
 

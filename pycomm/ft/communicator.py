@@ -793,12 +793,20 @@ class Communicator:
         """Raises the Aborted this peer owes its loop (under the lock). A failure ended the epoch
         and no operation of this peer was abandoned by it: every survivor gets one Aborted per
         failure, so all of them go back to the same point of their loops."""
-        if self._owes_abort is not None:
-            reason, self._owes_abort = self._owes_abort, None
-            raise Aborted(
-                f"the group changed since the last operation ({reason}); it is now in epoch "
-                f"{self._epoch} with {self.world_size} peer(s): retry"
-            )
+        owed = self._take_owed_abort()
+        if owed is not None:
+            raise owed
+
+    def _take_owed_abort(self) -> Aborted | None:
+        """The Aborted this peer owes its loop, if any, now counted as raised (under the lock, or
+        by a layer above that reports the failure in its own error: pycomm.torch's stale group)."""
+        if self._owes_abort is None:
+            return None
+        reason, self._owes_abort = self._owes_abort, None
+        return Aborted(
+            f"the group changed since the last operation ({reason}); it is now in epoch "
+            f"{self._epoch} with {self.world_size} peer(s): retry"
+        )
 
     def _raise_if_unusable(self) -> None:
         if self._evicted is not None:

@@ -3,9 +3,10 @@
 
 A peer that fails during an operation makes that operation raise ``DistBackendError`` (its cause
 the :class:`~pycomm.errors.Aborted` of pycomm.ft, the tensor restored to its input) on every
-survivor; the group is then stale, like any group after a membership change (a join through
-``update_topology()`` too), and :func:`pycomm.torch.reform` makes the next one from the
-communicator's new epoch.
+survivor; one that fails between operations makes the next one raise it. Either way a failure
+costs each survivor one such error. The group is then stale, like any group after a membership
+change (a join through ``update_topology()`` too), and :func:`pycomm.torch.reform` makes the next
+one from the communicator's new epoch.
 
 All-reduce, broadcast, all-gather and reduce-scatter map onto pycomm.ft's collectives (sum, avg,
 prod, min, max; every rank ends with identical bytes); reduce, gather, scatter, all-to-all and
@@ -51,13 +52,18 @@ class FtEngine:
 
     def _current(self) -> Any:
         comm = self.communicator
-        if comm.epoch != self.epoch:
-            raise failure(
-                f"the fault-tolerant group changed from epoch {self.epoch} ({self.size} peers) to epoch "
-                f"{comm.epoch} ({comm.world_size} peers); call pycomm.torch.reform() for a group of the "
-                "new epoch"
-            )
-        return comm
+        with comm._lock:
+            if comm.epoch == self.epoch:
+                return comm
+            # A failure that replaced the epoch owes this peer one Aborted: this error is it, or
+            # the first operation of the reformed group would raise it again.
+            owed = comm._take_owed_abort()
+        raise failure(
+            f"the fault-tolerant group changed from epoch {self.epoch} ({self.size} peers) to epoch "
+            f"{comm.epoch} ({comm.world_size} peers); call pycomm.torch.reform() for a group of the "
+            "new epoch",
+            owed,
+        )
 
     def check_reduce(self, kind: str, op: ReduceOp) -> None:
         if kind in ("bool", "complex64", "complex128"):
