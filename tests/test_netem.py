@@ -111,6 +111,29 @@ for thread in threads:
     thread.join()
 """
 
+# Sends `size` bytes of a seeded pattern over one TCP connection.
+TCP_PATTERN_SENDER = """
+import random, socket, sys
+address, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+connection = socket.create_connection((address, port))
+connection.sendall(random.Random(size).randbytes(size))
+connection.close()
+"""
+
+# Receives one connection to its end and prints the SHA-256 of what arrived.
+TCP_DIGEST_RECEIVER = """
+import hashlib, json, socket
+listener = socket.socket()
+listener.bind(("0.0.0.0", 0))
+listener.listen(1)
+print(listener.getsockname()[1], flush=True)
+connection, digest, received = listener.accept()[0], hashlib.sha256(), 0
+while chunk := connection.recv(1 << 20):
+    digest.update(chunk)
+    received += len(chunk)
+print(json.dumps({"received": received, "sha256": digest.hexdigest()}), flush=True)
+"""
+
 UDP_BURST = """
 import socket, sys
 address, count = sys.argv[1], int(sys.argv[2])
@@ -260,7 +283,7 @@ def test_network_refuses_bad_arguments_before_building_anything(
 def test_netem_backend_puts_delay_and_loss_under_the_rate_limiter() -> None:
     # The netem backend cannot run on a kernel without netem; this is the tc configuration it sends.
     link = netem.LinkSettings(rtt=0.05, rate=1e8, loss=0.01)
-    commands = netem._leaf_commands(1, link, None, "netem", 1500)
+    commands = netem._leaf_commands(1, link, None, "netem", 1500, False)
     assert [command.split(" handle ")[1].split()[:2] for command in commands] == [
         ["101:", "tbf"],
         ["201:", "netem"],
@@ -268,8 +291,11 @@ def test_netem_backend_puts_delay_and_loss_under_the_rate_limiter() -> None:
     assert "parent 1:11 " in commands[0] and "rate 100000000bit" in commands[0]
     assert "parent 101:1 " in commands[1] and "delay 25000us loss 1%" in commands[1]
     # Relay backend: only the rate is tc's business.
-    relay = netem._leaf_commands(1, link, None, "relay", 1500)
+    relay = netem._leaf_commands(1, link, None, "relay", 1500, False)
     assert [command.split(" handle ")[1].split()[:2] for command in relay] == [["101:", "tbf"]]
+    # Half a millisecond of the rate at once; with offload 2 ms, room for a TCP super-packet.
+    assert "burst 6250 " in relay[0]
+    assert "burst 25000 " in netem._leaf_commands(1, link, None, "relay", 1500, True)[0]
 
 
 # ----- accuracy -----
@@ -314,6 +340,33 @@ def test_loss_drops_the_asked_share_of_packets(programs: Programs) -> None:
     assert accounted(counters) == sent
     assert counters["dropped_queue_full"] == 0
     assert 0.008 <= counters["dropped_loss"] / sent <= 0.012
+
+
+@needs_namespaces
+@pytest.mark.parametrize("offload", [True, False])
+def test_tcp_over_a_lossy_link_arrives_whole_with_packets_lost_one_by_one(
+    offload: bool, programs: Programs
+) -> None:
+    # With offload the relay reads TCP in super-packets; a loss inside one must cost exactly that
+    # packet, and the packets around it must reach the receiver as the sender cut them.
+    import hashlib
+    import random
+
+    size = 8 << 20
+    with netem.Network(peers=2, rtt="2ms", rate="200mbit", loss="1%", seed=3, offload=offload) as net:
+        receiver = programs.start(net, 1, TCP_DIGEST_RECEIVER)
+        port = read_line(receiver)
+        programs.start(net, 0, TCP_PATTERN_SENDER, net.address(1), port, size)
+        arrived = json.loads(read_line(receiver, timeout=60))
+        stats = net.stats()
+    counters = stats["links"][0, 1]
+    sent = hashlib.sha256(random.Random(size).randbytes(size)).hexdigest()
+    assert arrived == {"received": size, "sha256": sent}
+    assert 0.005 <= counters["dropped_loss"] / accounted(counters) <= 0.015, counters
+    if offload:
+        assert stats["relay_reads"] < stats["forwarded_packets"] / 4, stats
+    else:
+        assert stats["relay_reads"] >= stats["forwarded_packets"], stats
 
 
 def accounted(counters: dict[str, int]) -> int:

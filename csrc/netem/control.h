@@ -3,7 +3,7 @@
 // ends (the owner closed it, or died), the relay stops and its TUN devices vanish.
 //
 //   link SOURCE DESTINATION DELAY_NS LOSS QUEUE_BYTES   ->  ok
-//   stats                                               ->  {"received_packets": ..., "links": [...]}
+//   stats                                               ->  {"received_frames": ..., "links": [...]}
 //   quit                                                ->  ok (then the relay stops)
 //
 // A command that cannot be carried out is answered `error MESSAGE` and changes nothing.

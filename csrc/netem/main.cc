@@ -2,7 +2,7 @@
 // side, which passes the peers on the command line and then drives it over stdin/stdout
 // (control.h). It prints "ready" once every peer's TUN device exists.
 //
-//   _netem_relay --device NAME --seed N --peer NAMESPACE_PATH=IPV4 --peer ... (two or more)
+//   _netem_relay --device NAME --seed N [--offload on|off] --peer NAMESPACE_PATH=IPV4 --peer ... (two or more)
 #include <arpa/inet.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -22,6 +22,7 @@ namespace {
 struct Options {
   std::string device = "wan0";
   std::uint64_t seed = 0;
+  bool offload = false;
   std::vector<pycomm::netem::PeerSpec> peers;
 };
 
@@ -46,10 +47,13 @@ Options parse_options(int argc, char** argv) {
       char* end = nullptr;
       options.seed = std::strtoull(value.c_str(), &end, 10);
       PYCOMM_ENFORCE(!value.empty() && *end == '\0', "--seed wants a non-negative integer, got '", value, "'");
+    } else if (flag == "--offload") {
+      PYCOMM_ENFORCE(value == "on" || value == "off", "--offload wants on or off, got '", value, "'");
+      options.offload = value == "on";
     } else if (flag == "--peer") {
       options.peers.push_back(parse_peer(value));
     } else {
-      PYCOMM_THROW(pycomm::InvalidArgument, "unknown option ", flag, " (known: --device, --seed, --peer)");
+      PYCOMM_THROW(pycomm::InvalidArgument, "unknown option ", flag, " (known: --device, --seed, --offload, --peer)");
     }
   }
   return options;
@@ -64,7 +68,7 @@ int main(int argc, char** argv) {
   prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
   try {
     const Options options = parse_options(argc, argv);
-    pycomm::netem::Relay relay(options.peers, options.device, options.seed);
+    pycomm::netem::Relay relay(options.peers, options.device, options.seed, options.offload);
     pycomm::netem::ControlChannel control(STDIN_FILENO, STDOUT_FILENO);
     std::fputs("ready\n", stdout);
     std::fflush(stdout);

@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "netem/control.h"
+#include "netem/offload.h"
 
 namespace pycomm::netem {
 namespace {
@@ -21,8 +22,10 @@ namespace {
 // packets (or due deliveries) by more than a few tens of microseconds.
 constexpr int kReceiveBatch = 64;
 constexpr int kMaxEvents = 64;
-// Larger than any packet a TUN device hands out (its MTU is at most 65535).
+// Larger than any packet a TUN device hands out (its MTU, and an IPv4 super-packet, is at most
+// 65535 bytes), and the frame of one with its virtio-net header.
 constexpr std::size_t kMaxPacketBytes = 65536;
+constexpr std::size_t kMaxFrameBytes = kMaxPacketBytes + kOffloadHeaderBytes;
 // A link's queue beyond this is a mistake in the caller's arithmetic, not a plausible router.
 constexpr std::size_t kMaxQueueBytes = std::size_t{1} << 30;
 // epoll tags of a forwarder's descriptors.
@@ -83,7 +86,7 @@ struct Relay::Link {
 // The thread of one peer's device and everything only it touches; `mutex` guards all of it (and
 // the links it owns) against the control thread.
 struct Relay::Forwarder {
-  explicit Forwarder(std::size_t peer) : source(peer), receive_buffer(kMaxPacketBytes) {}
+  explicit Forwarder(std::size_t peer) : source(peer), receive_buffer(kMaxFrameBytes), run_buffer(kMaxFrameBytes) {}
   ~Forwarder() {
     if (timer_fd >= 0) ::close(timer_fd);
     if (epoll_fd >= 0) ::close(epoll_fd);
@@ -102,19 +105,21 @@ struct Relay::Forwarder {
   std::int64_t armed_deadline_ns = -1;  // -1: timer disarmed
   std::vector<std::size_t> busy_links;  // its links with packets queued, in no particular order
   std::vector<unsigned char> receive_buffer;
+  std::vector<unsigned char> run_buffer;  // the frame of the packets a loss left of a super-packet
   RelayCounters counters;
   mutable std::mutex mutex;
   std::thread thread;
   std::string failure;  // set (under mutex) when the thread ended on an error
 };
 
-Relay::Relay(const std::vector<PeerSpec>& peers, const std::string& device_name, std::uint64_t seed) {
+Relay::Relay(const std::vector<PeerSpec>& peers, const std::string& device_name, std::uint64_t seed, bool offload)
+    : offload_(offload) {
   PYCOMM_ENFORCE(peers.size() >= 2, "the relay needs at least 2 peers, got ", peers.size());
   devices_.reserve(peers.size());
   for (const PeerSpec& peer : peers) {
     PYCOMM_ENFORCE(peer_by_address_.emplace(peer.address, devices_.size()).second,
                    "two peers were given the same address");
-    devices_.emplace_back(peer.namespace_path, device_name);
+    devices_.emplace_back(peer.namespace_path, device_name, offload);
   }
   const std::size_t count = peers.size();
   links_.reserve(count * count);
@@ -190,6 +195,7 @@ RelayCounters Relay::counters() const {
   RelayCounters totals;
   for (const auto& forwarder : forwarders_) {
     std::lock_guard<std::mutex> lock(forwarder->mutex);
+    totals.received_frames += forwarder->counters.received_frames;
     totals.received_packets += forwarder->counters.received_packets;
     totals.unroutable += forwarder->counters.unroutable;
   }
@@ -278,30 +284,54 @@ void Relay::receive(Forwarder& forwarder, std::int64_t now_ns) {
       if (errno == EAGAIN || errno == EINTR) return;
       fail_system("read(TUN device)");
     }
-    ++forwarder.counters.received_packets;
     route(forwarder, forwarder.receive_buffer.data(), static_cast<std::uint32_t>(length), now_ns);
   }
 }
 
-void Relay::route(Forwarder& forwarder, const unsigned char* packet, std::uint32_t length, std::int64_t now_ns) {
+void Relay::route(Forwarder& forwarder, const unsigned char* frame, std::uint32_t length, std::int64_t now_ns) {
+  // Without offload a frame is one packet; with it, a super-packet stands for several.
+  const std::uint32_t segments = offload_ ? OffloadFrame(frame, length).segments : 1;
+  ++forwarder.counters.received_frames;
+  forwarder.counters.received_packets += segments;
+  const std::size_t prefix = offload_ ? kOffloadHeaderBytes : 0;
+  const unsigned char* packet = frame + prefix;
   // IPv6 neighbour discovery and the like have no place on these links; only IPv4 between peers.
-  if (length < 20 || (packet[0] >> 4) != 4) {
-    ++forwarder.counters.unroutable;
+  if (length < prefix + 20 || (packet[0] >> 4) != 4) {
+    forwarder.counters.unroutable += segments;
     return;
   }
   const auto found = peer_by_address_.find(ipv4_destination(packet));
   if (found == peer_by_address_.end() || found->second == forwarder.source) {
-    ++forwarder.counters.unroutable;
+    forwarder.counters.unroutable += segments;
     return;
   }
   const std::size_t index = forwarder.source * peer_count() + found->second;
   Link& onward = *links_[index];
-  if (onward.loss_draw.drop(onward.settings.loss)) {
+  const std::int64_t deadline_ns = now_ns + onward.settings.delay_ns;
+  // Each packet is lost on its own; the packets between losses leave as one frame each.
+  std::uint32_t run_start = 0;
+  for (std::uint32_t segment = 0; segment < segments; ++segment) {
+    if (!onward.loss_draw.drop(onward.settings.loss)) continue;
     ++onward.counters.dropped_loss;
-    return;
+    if (segment > run_start) {
+      const std::uint32_t run = OffloadFrame(frame, length).build_run(run_start, segment - run_start, forwarder.run_buffer.data());
+      enqueue(forwarder, index, deadline_ns, forwarder.run_buffer.data(), run, segment - run_start);
+    }
+    run_start = segment + 1;
   }
-  if (!onward.queue.push(now_ns + onward.settings.delay_ns, packet, length)) {
-    ++onward.counters.dropped_queue_full;
+  if (run_start == 0) {
+    enqueue(forwarder, index, deadline_ns, frame, length, segments);
+  } else if (run_start < segments) {
+    const std::uint32_t run = OffloadFrame(frame, length).build_run(run_start, segments - run_start, forwarder.run_buffer.data());
+    enqueue(forwarder, index, deadline_ns, forwarder.run_buffer.data(), run, segments - run_start);
+  }
+}
+
+void Relay::enqueue(Forwarder& forwarder, std::size_t index, std::int64_t deadline_ns, const unsigned char* frame,
+                    std::uint32_t length, std::uint32_t segments) {
+  Link& onward = *links_[index];
+  if (!onward.queue.push(deadline_ns, frame, length)) {
+    onward.counters.dropped_queue_full += segments;
     return;
   }
   if (!onward.busy) {
@@ -317,11 +347,18 @@ void Relay::deliver_due(Forwarder& forwarder, std::int64_t now_ns) {
     PacketQueue& queue = busy.queue;
     while (!queue.empty() && queue.head_deadline() <= now_ns) {
       const std::uint32_t length = queue.head_length();
+      std::uint32_t segments = 1;
+      std::uint64_t wire_bytes = length;
+      if (offload_) {
+        const OffloadFrame sent(queue.head_data(), length);
+        segments = sent.segments;
+        wire_bytes = sent.wire_bytes();
+      }
       if (write(busy.destination_fd, queue.head_data(), length) == static_cast<ssize_t>(length)) {
-        ++busy.counters.forwarded_packets;
-        busy.counters.forwarded_bytes += length;
+        busy.counters.forwarded_packets += segments;
+        busy.counters.forwarded_bytes += wire_bytes;
       } else {
-        ++busy.counters.dropped_write;
+        busy.counters.dropped_write += segments;
       }
       queue.pop();
     }

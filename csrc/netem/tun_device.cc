@@ -46,7 +46,7 @@ void enter_namespace(int fd, const std::string& what) {
 
 }  // namespace
 
-TunDevice::TunDevice(const std::string& namespace_path, const std::string& name) {
+TunDevice::TunDevice(const std::string& namespace_path, const std::string& name, bool offload) {
   PYCOMM_ENFORCE(!name.empty() && name.size() < IFNAMSIZ, "TUN device name '", name, "' must have 1 to ",
                  IFNAMSIZ - 1, " characters");
   ScopedFd home(open_or_throw("/proc/self/ns/net", O_RDONLY));
@@ -60,9 +60,13 @@ TunDevice::TunDevice(const std::string& namespace_path, const std::string& name)
     error = errno;
   } else {
     ifreq request{};
-    request.ifr_flags = IFF_TUN | IFF_NO_PI;
+    request.ifr_flags = IFF_TUN | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0);
     std::memcpy(request.ifr_name, name.c_str(), name.size());
-    if (ioctl(tun.get(), TUNSETIFF, &request) != 0) error = errno;
+    if (ioctl(tun.get(), TUNSETIFF, &request) != 0) {
+      error = errno;
+    } else if (offload && ioctl(tun.get(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4) != 0) {
+      error = errno;
+    }
   }
   enter_namespace(home.get(), "of the relay");
   if (tun.get() < 0) {

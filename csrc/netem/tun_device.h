@@ -11,8 +11,10 @@ class TunDevice {
  public:
   // Enters the namespace bound at `namespace_path` (e.g. /run/netns/NAME), creates the device
   // `name` there (IPv4 packets without the packet-information prefix, non-blocking) and returns to
-  // the namespace the calling thread was in.
-  TunDevice(const std::string& namespace_path, const std::string& name);
+  // the namespace the calling thread was in. With `offload`, every packet comes and goes behind a
+  // virtio-net header and the device takes TCP/IPv4 super-packets with checksums left undone
+  // (offload.h).
+  TunDevice(const std::string& namespace_path, const std::string& name, bool offload);
   ~TunDevice();
   TunDevice(TunDevice&& other) noexcept;
   TunDevice& operator=(TunDevice&& other) noexcept;

@@ -19,7 +19,12 @@ its ``rtt``), rate and loss. Two backends build them:
 - ``relay`` (kernels without the netem qdisc): ``wan0`` is a TUN device whose other end is held by
   one relay process (``pycomm/_netem_relay``, C++). The relay delays each packet by its link's
   one-way delay and drops it with the link's loss probability from a seeded generator; a ``tbf``
-  qdisc under a per-destination ``htb`` class on the sender's ``wan0`` sets the rate.
+  qdisc under a per-destination ``htb`` class on the sender's ``wan0`` sets the rate. By default
+  (``offload=True``) the devices carry TCP in super-packets of up to 64 KiB, as a NIC with
+  segmentation offload would, so one read and one write move up to ~44 packets; the relay still
+  draws the loss of each packet and, when one is lost, forwards the packets around it with the
+  sequence numbers they would have had. The packets of a super-packet arrive together (they left
+  the sender back to back), so the receiver sees the bursts a GRO-capable NIC would hand it.
 - ``netem`` (kernels that have it): ``wan0`` is a veth into a hub namespace's bridge; each link's
   ``htb`` class gets a ``tbf`` for the rate and a ``netem`` for the delay and the loss. No relay runs.
 
@@ -117,6 +122,8 @@ _MAX_RELAY_QUEUE_BYTES = 256 << 20
 # How many packets the TUN device buffers between the shaper and the relay (its default is 500, a
 # few milliseconds at a gigabit: any scheduling hiccup of the relay would become loss).
 _DEVICE_QUEUE_PACKETS = 10000
+# The largest TCP super-packet (64 KiB of IP packet, plus the headers of its ~44 packets) and some.
+_OFFLOAD_BURST_BYTES = 96 << 10
 
 
 class NetemError(PycommError, RuntimeError):
@@ -382,8 +389,8 @@ class _Relay:
     """The relay process and its control stream (one command a line, one reply a line; see
     csrc/netem/control.h). Closing its stdin stops it, so it cannot outlive this object's owner."""
 
-    def __init__(self, namespaces: Sequence[str], addresses: Sequence[str], seed: int) -> None:
-        argv = [relay_path(), "--device", DEVICE, "--seed", str(seed)]
+    def __init__(self, namespaces: Sequence[str], addresses: Sequence[str], seed: int, offload: bool) -> None:
+        argv = [relay_path(), "--device", DEVICE, "--seed", str(seed), "--offload", ("off", "on")[offload]]
         for name, address in zip(namespaces, addresses):
             argv += ["--peer", f"{os.path.join(_NETNS_DIRECTORY, name)}={address}"]
         # Its own session: a Ctrl-C in the terminal reaches the owner, which then stops the relay in order.
@@ -511,10 +518,12 @@ def _leaf_kinds(link: LinkSettings, backend: str) -> tuple[str, ...]:
 
 
 def _leaf_commands(
-    destination: int, link: LinkSettings, before: LinkSettings | None, backend: str, mtu: int
+    destination: int, link: LinkSettings, before: LinkSettings | None, backend: str, mtu: int, offload: bool
 ) -> list[str]:
     """The qdiscs under one link's class. The shaper's queue is a bandwidth-delay product (at least
-    20 ms), like a router buffer; its burst lets half a millisecond of traffic through at once."""
+    20 ms), like a router buffer; its burst lets half a millisecond of traffic through at once, or,
+    with offload, up to 2 ms (at most 96 KiB): room for a TCP super-packet, which tbf would
+    otherwise cut into packets before the relay sees it."""
     class_id, kinds = _class_id(destination), _leaf_kinds(link, backend)
     commands = []
     if before is not None and _leaf_kinds(before, backend) != kinds:
@@ -530,6 +539,8 @@ def _leaf_commands(
         )
     if "tbf" in kinds:
         burst = max(4 * mtu, math.ceil(rate / 8 * 0.0005))
+        if offload:
+            burst = max(burst, min(_OFFLOAD_BURST_BYTES, math.ceil(rate / 8 * 0.002)))
         commands.append(
             f"qdisc replace dev {DEVICE} parent {class_id} handle {_shaper_handle(destination)} "
             f"tbf rate {round(rate)}bit burst {burst} limit {queue_bytes}"
@@ -570,6 +581,9 @@ class Network:
     ``rtt``, ``rate`` and ``loss`` set every link (``set_link`` changes one); numbers are SI units
     (seconds, bits per second, a fraction), strings may carry units (``"50ms"``, ``"1gbit"``,
     ``"0.01%"``). ``seed`` fixes the relay's loss draws. ``mtu`` is that of every ``wan0``.
+    ``offload`` (relay backend): TCP crosses the relay in super-packets of up to 64 KiB, which the
+    relay still delays and drops packet by packet (see the module's description); False moves
+    one packet per read and write, as a real link would carry them, at many times the CPU cost.
     """
 
     def __init__(
@@ -582,6 +596,7 @@ class Network:
         seed: int = 0,
         mtu: int = 1500,
         backend: str = "auto",
+        offload: bool = True,
     ) -> None:
         if isinstance(peers, bool) or not isinstance(peers, int) or not 2 <= peers <= MAX_PEERS:
             raise InvalidArgumentError(f"peers must be an integer from 2 to {MAX_PEERS}, got {peers!r}")
@@ -595,6 +610,7 @@ class Network:
         self.backend = _choose_backend(backend)
         self.peers = peers
         self.mtu = mtu
+        self.offload = bool(offload) and self.backend == "relay"
         self._links = {(i, j): default for i in range(peers) for j in range(peers) if i != j}
         self._lock = threading.RLock()
         self._children: list[subprocess.Popen[Any]] = []
@@ -620,7 +636,9 @@ class Network:
     def _build(self, seed: int) -> None:
         _run(["ip", "-batch", "-"], stdin=[f"netns add {name}" for name in self._all_names()])
         if self.backend == "relay":
-            self._relay = _Relay(self._names, [self.address(peer) for peer in range(self.peers)], seed)
+            self._relay = _Relay(
+                self._names, [self.address(peer) for peer in range(self.peers)], seed, self.offload
+            )
         else:
             self._build_bridge()
         for peer, name in enumerate(self._names):
@@ -638,9 +656,8 @@ class Network:
             shaping = _root_commands(peer, self.peers, self.backend)
             for destination in range(self.peers):
                 if destination != peer:
-                    shaping += _leaf_commands(
-                        destination, self._links[peer, destination], None, self.backend, self.mtu
-                    )
+                    link = self._links[peer, destination]
+                    shaping += _leaf_commands(destination, link, None, self.backend, self.mtu, self.offload)
             _run(["tc", "-n", name, "-batch", "-"], stdin=shaping)
         if self._relay is not None:
             for (source, destination), link in self._links.items():
@@ -713,7 +730,7 @@ class Network:
             for sender, receiver in directions:
                 before = self._links[sender, receiver]
                 after = dataclasses.replace(before, **changes)
-                commands = _leaf_commands(receiver, after, before, self.backend, self.mtu)
+                commands = _leaf_commands(receiver, after, before, self.backend, self.mtu, self.offload)
                 _run(["tc", "-n", self._names[sender], "-batch", "-"], stdin=commands)
                 if self._relay is not None:
                     self._configure_relay(sender, receiver, after)
@@ -762,18 +779,21 @@ class Network:
         ``dropped_loss`` counts the emulated loss (on the netem backend without a rate, also netem's
         queue overflowing); ``dropped_queue_full`` the link's queues overflowing, like a router's
         buffer: the rate limiter's, and the relay's delay line; ``dropped_other`` packets lost
-        elsewhere (a device ring the relay did not empty in time, packets to no peer). Each call
-        runs ``tc`` and ``ip`` once per peer.
+        elsewhere (a device ring the relay did not empty in time, packets to no peer);
+        ``relay_reads`` (relay backend) the frames the relay read, fewer than the packets it received
+        when offload groups them. Each call runs ``tc`` and ``ip`` once per peer.
         """
         with self._lock:
             self._check_open()
             links = {key: dict.fromkeys(_LINK_COUNTERS, 0) for key in self._links}
             dropped_other = 0
+            extra = {}
             for source, name in enumerate(self._names):
                 dropped_other += self._add_qdisc_counters(source, name, links)
             if self._relay is not None:
                 relay = json.loads(self._relay.command("stats"))
                 dropped_other += relay["unroutable"]
+                extra["relay_reads"] = relay["received_frames"]
                 for entry in relay["links"]:
                     counters = links[entry["source"], entry["destination"]]
                     for key in ("forwarded_packets", "forwarded_bytes", "dropped_loss"):
@@ -783,7 +803,7 @@ class Network:
         totals: dict[str, Any] = {
             key: sum(counters[key] for counters in links.values()) for key in _LINK_COUNTERS
         }
-        return {"backend": self.backend, **totals, "dropped_other": dropped_other, "links": links}
+        return {"backend": self.backend, **totals, "dropped_other": dropped_other, **extra, "links": links}
 
     def _add_qdisc_counters(
         self, source: int, name: str, links: dict[tuple[int, int], dict[str, int]]
