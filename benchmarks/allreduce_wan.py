@@ -6,9 +6,9 @@ round trip, rate and loss of ``SPEC``. The peers (:mod:`.allreduce_wan_peer`, st
 namespaces with ``Network.spawn``; ``shared_memory=False``, listening on their ``wan0`` address) each
 hold two communicators, one per pycomm group:
 
-- ``auto``: ``connections=None``, the pool of connections to the next peer sized from the link's
-  round trip and the socket buffer limits; it also runs the int8 all-reduces
-  (``quantization="int8"``);
+- ``auto``: ``connections=None`` with ``link_bandwidth`` the emulated rate (what a user who knows
+  the link passes), the pool of connections to the next peer sized from that rate, the link's round
+  trip and the socket buffer limits; it also runs the int8 all-reduces (``quantization="int8"``);
 - ``single``: ``connections=1``, one connection per operation, the scheme of PCCL;
 
 and the physical anchor is plain TCP over the same ring of links, all links at once, with 1 and
@@ -74,7 +74,7 @@ PEER_MODULE = "pycomm.benchmarks.allreduce_wan_peer"
 
 SYSTEMS = ("auto", "single", "int8", "tcp1", "tcp4")
 LABELS = {
-    "auto": "pycomm all_reduce, connections=None (pool sized from the link)",
+    "auto": "pycomm all_reduce, connections=None, link_bandwidth=the link's rate (pool sized from the link)",
     "single": "pycomm all_reduce, connections=1 (one connection per operation, PCCL's scheme)",
     "int8": "pycomm all_reduce(quantization='int8'), connections=None; effective rate of the float32 data",
     "tcp1": "plain TCP, 1 stream per ring link, every link at once",
@@ -385,7 +385,12 @@ def _measure_case(config: WanConfig, peers: int, size: int, progress: Callable[[
             _Process(
                 net,
                 slot,
-                ["throughput", *argv, "--host", net.address(slot), "--peers", str(peers)],
+                [
+                    "throughput",
+                    *argv,
+                    *("--host", net.address(slot), "--peers", str(peers)),
+                    *("--link-bandwidth", str(config.rate / 8)),
+                ],
                 f"peer-{slot}",
                 workdir,
             )

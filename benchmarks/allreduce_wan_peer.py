@@ -7,8 +7,9 @@ one JSON object a line: the namespaces have no route to the driver's loopback, a
 them without touching the emulated links. Anything else the process prints goes to its standard error.
 
 - ``throughput``: one peer of both pycomm groups the driver times: a communicator whose pool of
-  connections is sized from the link (``connections=None``) and one with ``connections=1``. It runs
-  one timed, checked all-reduce per command.
+  connections is sized from the link (``connections=None``, ``link_bandwidth`` the link's rate, as
+  a user who knows the link would configure it) and one with ``connections=1``. It runs one timed,
+  checked all-reduce per command.
 - ``fault``: the loop ``if pending_peers(): update_topology(); all_reduce(x)`` with every result
   checked, reporting each completed all-reduce and each ``Aborted`` with its time.
 - ``tcp-receive`` / ``tcp-send``: plain TCP over the same links, the physical anchor.
@@ -119,15 +120,24 @@ def outgoing_connections(exclude_host: str) -> int:
 # -- throughput --------------------------------------------------------------------------------
 
 
-def _join(master: str, host: str, peers: int, group: int, connections: int | None, timeout: float) -> Any:
+def _join(
+    args: argparse.Namespace, group: int, connections: int | None, link_bandwidth: float | None = None
+) -> Any:
     from pycomm.ft import Communicator
 
+    options = {} if link_bandwidth is None else {"link_bandwidth": link_bandwidth}
     comm = Communicator(
-        master, peer_group=group, connections=connections, host=host, timeout=timeout, shared_memory=False
+        args.master,
+        peer_group=group,
+        connections=connections,
+        host=args.host,
+        timeout=args.timeout,
+        shared_memory=False,
+        **options,
     )
     comm.connect(timeout=START_TIMEOUT)
     # Admission is collective: members admit newcomers until the group is complete.
-    while comm.world_size < peers:
+    while comm.world_size < args.peers:
         if comm.pending_peers():
             comm.update_topology()
         else:
@@ -144,13 +154,13 @@ def throughput(args: argparse.Namespace) -> None:
     master_host = args.master.rsplit(":", 1)[0]
     comms: dict[str, Any] = {}
     try:
-        comms["auto"] = _join(args.master, args.host, args.peers, *GROUPS["auto"], args.timeout)
+        comms["auto"] = _join(args, *GROUPS["auto"], args.link_bandwidth)
         # One checked all-reduce first: the ring of the complete group is up when the pool is counted.
         data = np.empty(args.elements, np.float32)
         token = np.zeros(1, np.float32)
         first = _timed(comms["auto"], data, token, None, 0)
         pool = outgoing_connections(master_host)
-        comms["single"] = _join(args.master, args.host, args.peers, *GROUPS["single"], args.timeout)
+        comms["single"] = _join(args, *GROUPS["single"])
         pipe.send(
             {
                 "pid": os.getpid(),
@@ -336,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--elements", type=int, required=True)
         sub.add_argument("--timeout", type=float, required=True)
     kinds.choices["throughput"].add_argument("--peers", type=int, required=True)
+    kinds.choices["throughput"].add_argument("--link-bandwidth", type=float, required=True, help="bytes/s")
     kinds.choices["fault"].add_argument("--min-world", type=int, required=True)
     receive = kinds.add_parser("tcp-receive")
     receive.add_argument("--host", required=True)
