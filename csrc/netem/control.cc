@@ -98,7 +98,8 @@ void ControlChannel::reply(const std::string& text) const {
 std::string stats_json(const Relay& relay) {
   std::ostringstream json;
   const RelayCounters totals = relay.counters();
-  json << "{\"received_frames\": " << totals.received_frames << ", \"received_packets\": " << totals.received_packets << ", \"unroutable\": " << totals.unroutable
+  json << "{\"received_frames\": " << totals.received_frames
+       << ", \"received_packets\": " << totals.received_packets << ", \"unroutable\": " << totals.unroutable
        << ", \"links\": [";
   const char* separator = "";
   for (std::size_t source = 0; source < relay.peer_count(); ++source) {

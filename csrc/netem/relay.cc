@@ -308,22 +308,23 @@ void Relay::route(Forwarder& forwarder, const unsigned char* frame, std::uint32_
   const std::size_t index = forwarder.source * peer_count() + found->second;
   Link& onward = *links_[index];
   const std::int64_t deadline_ns = now_ns + onward.settings.delay_ns;
-  // Each packet is lost on its own; the packets between losses leave as one frame each.
+  // Each packet is lost on its own; the packets between losses leave as one frame each (only a
+  // super-packet has more than one, so only a super-packet is ever cut).
+  const auto leave = [&](std::uint32_t first, std::uint32_t count) {
+    unsigned char* run = forwarder.run_buffer.data();
+    enqueue(forwarder, index, deadline_ns, run, OffloadFrame(frame, length).build_run(first, count, run), count);
+  };
   std::uint32_t run_start = 0;
   for (std::uint32_t segment = 0; segment < segments; ++segment) {
     if (!onward.loss_draw.drop(onward.settings.loss)) continue;
     ++onward.counters.dropped_loss;
-    if (segment > run_start) {
-      const std::uint32_t run = OffloadFrame(frame, length).build_run(run_start, segment - run_start, forwarder.run_buffer.data());
-      enqueue(forwarder, index, deadline_ns, forwarder.run_buffer.data(), run, segment - run_start);
-    }
+    if (segment > run_start) leave(run_start, segment - run_start);
     run_start = segment + 1;
   }
   if (run_start == 0) {
     enqueue(forwarder, index, deadline_ns, frame, length, segments);
   } else if (run_start < segments) {
-    const std::uint32_t run = OffloadFrame(frame, length).build_run(run_start, segments - run_start, forwarder.run_buffer.data());
-    enqueue(forwarder, index, deadline_ns, forwarder.run_buffer.data(), run, segments - run_start);
+    leave(run_start, segments - run_start);
   }
 }
 
