@@ -354,6 +354,22 @@ def _measure_tcp(net: Any, peers: int, streams: int, config: WanConfig, workdir:
             process.kill()
             process.close()
             process.popen.wait(timeout=10)
+        _wait_until_quiet(net, config)
+
+
+def _wait_until_quiet(net: Any, config: WanConfig, limit: float = 10.0) -> None:
+    """Waits until no packet crosses the links for a round trip (at least 50 ms). Killed mid-stream,
+    the anchor's senders leave a bandwidth-delay product in flight and a router queue on every
+    link; the system measured next would otherwise share the links with it for its first ~0.1 s."""
+    quiet = max(0.05, config.rtt)
+    deadline = time.monotonic() + limit
+    before = net.stats()["forwarded_packets"]
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        after = net.stats()["forwarded_packets"]
+        if after == before:
+            return
+        before = after
 
 
 def _run_pycomm(processes: list[_Process], system: str, salt: int, timeout: float) -> list[dict[str, Any]]:
