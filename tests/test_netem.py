@@ -271,6 +271,7 @@ def test_parse_link_names_what_is_wrong(text: str, message: str) -> None:
         ({"peers": 2, "loss": float("nan")}, "loss must be finite"),
         ({"peers": 2, "backend": "ns3"}, "backend must be one of"),
         ({"peers": 2, "mtu": 100}, "mtu must be an integer"),
+        ({"peers": 2, "offload": "yes"}, "offload must be True or False"),
     ],
 )
 def test_network_refuses_bad_arguments_before_building_anything(

@@ -604,13 +604,15 @@ class Network:
             raise InvalidArgumentError(f"mtu must be an integer from 576 to 65535, got {mtu!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise InvalidArgumentError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        if not isinstance(offload, bool):
+            raise InvalidArgumentError(f"offload must be True or False, got {offload!r}")
         if backend not in BACKENDS:
             raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         default = LinkSettings(parse_duration(rtt, "rtt"), parse_rate(rate, "rate"), parse_loss(loss, "loss"))
         self.backend = _choose_backend(backend)
         self.peers = peers
         self.mtu = mtu
-        self.offload = bool(offload) and self.backend == "relay"
+        self.offload = offload and self.backend == "relay"
         self._links = {(i, j): default for i in range(peers) for j in range(peers) if i != j}
         self._lock = threading.RLock()
         self._children: list[subprocess.Popen[Any]] = []
