@@ -80,7 +80,11 @@ def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank
             info = work.wait()
         except Aborted as error:
             restored = bool(np.all(x == 1))
-            print(f"aborted restored={restored} partial={partial} reason={str(error)[:80]!r}", flush=True)
+            print(
+                f"aborted in operation {count} restored={restored} partial={partial} "
+                f"reason={str(error)[:80]!r}",
+                flush=True,
+            )
             aborted = True
             continue
         correct = bool(np.all(x == info.world_size))
@@ -98,6 +102,29 @@ def _all_reduce_until_recovered(address: str, world: int, size: int, victim_rank
     ids=["default links", "TCP, pools of 4 connections"],
 )
 def test_sigkill_during_a_large_all_reduce_aborts_restores_and_recovers(options: dict) -> None:
+    # On a loaded machine the victim's engine thread can finish the third all-reduce before the
+    # victim's own SIGSTOP lands; the survivors then abort their fourth, with nothing of it in their
+    # buffers. Such a trial shows nothing about restoring a partial result: it is run again.
+    for _ in range(3):
+        outputs, members = _kill_inside_operation_3(options)
+        if all("aborted in operation 3 " in out for out in outputs):
+            break
+    for out in outputs:
+        assert "aborted in operation 3 restored=True" in out, out
+        assert "restored=False" not in out, out
+        if options.get("shared_memory", True):
+            # The shared-memory all-reduce had written results into the buffer it restored.
+            assert "aborted in operation 3 restored=True partial=True" in out, out
+        assert "recovered world=2 correct=True" in out, out
+    # No shared-memory segment outlives the run, not even the killed peer's.
+    if os.path.isdir("/dev/shm"):
+        left = [name for name in os.listdir("/dev/shm") if any(peer in name for peer in members)]
+        assert left == []
+
+
+def _kill_inside_operation_3(options: dict) -> tuple[list[str], list[str]]:
+    """One trial: 3 peers loop 64 MiB all-reduces, rank 2 stops itself inside its third and is
+    SIGKILLed; returns the survivors' output and the group's member ids."""
     with Master(heartbeat_timeout=HEARTBEAT_TIMEOUT) as master, LocalCluster(timeout=90) as cluster:
         peers = cluster.spawn_many(
             3, _all_reduce_until_recovered, args=(master.address, 3, 1 << 24, 2, options)
@@ -108,28 +135,16 @@ def test_sigkill_during_a_large_all_reduce_aborts_restores_and_recovers(options:
                 victim = peer
         members = master.group_state()["members"]
         victim.wait_for_line(r"stopping inside operation 3", timeout=60)
+        survivors = [peer for peer in peers if peer is not victim]
         if options.get("shared_memory", True):
             # Killed only once every survivor has seen part of the result in its buffer.
-            for peer in peers:
-                if peer is not victim:
-                    peer.wait_for_line(r"partial result in operation 3", timeout=60)
+            for peer in survivors:
+                peer.wait_for_line(r"partial result in operation 3", timeout=60)
         victim.stall()  # already stopped by itself inside its third 64 MiB all-reduce
         victim.kill()
-        for peer in peers:
-            if peer is victim:
-                continue
+        for peer in survivors:
             peer.wait(timeout=60)
-            out = peer.read_stdout()
-            assert "aborted restored=True" in out, out
-            assert "restored=False" not in out, out
-            if options.get("shared_memory", True):
-                # The shared-memory all-reduce had written results into the buffer it restored.
-                assert "aborted restored=True partial=True" in out, out
-            assert "recovered world=2 correct=True" in out, out
-    # No shared-memory segment outlives the run, not even the killed peer's.
-    if os.path.isdir("/dev/shm"):
-        left = [name for name in os.listdir("/dev/shm") if any(peer in name for peer in members)]
-        assert left == []
+        return [peer.read_stdout() for peer in survivors], members
 
 
 def _small_all_reduces_until_evicted_or_alone(address: str) -> None:
