@@ -40,6 +40,7 @@ from pycomm.testing import (
 )
 from pycomm.testing import environment as harness_environment
 from pycomm.testing.ft import on_all, wait_until
+from pycomm.testing.mpi import mpich_segments
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -197,8 +198,11 @@ def test_mpi_module_and_code_targets(mpi_run: Callable[..., Any]) -> None:
 
 
 def test_mpi_failing_rank_raises_with_every_ranks_output(mpi_run: Callable[..., Any]) -> None:
+    segments = mpich_segments()
     with pytest.raises(JobFailed) as raised:
         mpi_run(mpi_fail_on_rank, 3, args=(1,))
+    # MPICH's shared-memory segment of the aborted job does not stay in /dev/shm.
+    assert mpich_segments() - segments == set()
     error = raised.value
     # The failing rank aborts the job: it ends at once, not at its timeout.
     assert not isinstance(error, JobTimeout)

@@ -13,6 +13,7 @@ and the command line; when the deadline passes, it asks every rank for its Pytho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -45,6 +46,8 @@ DEFAULT_TIMEOUT = 60.0
 # which need not resolve inside a container. Hydra binds no ranks to cores unless asked, so
 # oversubscribing (more ranks than cores) needs no flag.
 _HYDRA_SINGLE_HOST = ("-launcher", "fork", "-hosts", "localhost")
+_SHM_DIRECTORY = "/dev/shm"
+_MPICH_SEGMENT_PREFIX = "mpich_shm_"
 
 
 def run_mpi(
@@ -95,6 +98,7 @@ def _launch(
         {**(env or {}), RECORDS_VARIABLE: workspace.records, TOKEN_VARIABLE: token}
     )
     timed_out = False
+    segments_before = mpich_segments()
     started = time.monotonic()
     launcher_out, launcher_err = workspace.path("mpiexec", "out"), workspace.path("mpiexec", "err")
     launcher = start_process(command, workspace.cwd, environment, launcher_out, launcher_err)
@@ -115,6 +119,7 @@ def _launch(
         )
         launcher.wait()
         wait_gone(killed, timeout=10.0)
+        _remove_orphaned_segments(segments_before)
     elapsed = time.monotonic() - started
     return MpiResult(
         command=command,
@@ -126,6 +131,34 @@ def _launch(
         elapsed=elapsed,
         timed_out=timed_out,
     )
+
+
+def mpich_segments() -> set[str]:
+    """Names of MPICH's shared-memory segments in /dev/shm."""
+    try:
+        return {name for name in os.listdir(_SHM_DIRECTORY) if name.startswith(_MPICH_SEGMENT_PREFIX)}
+    except OSError:
+        return set()
+
+
+def _remove_orphaned_segments(before: set[str]) -> None:
+    """Removes the MPICH segments a job made and left behind: a rank that dies or exits without
+    MPI_Finalize leaves its node's segment in /dev/shm, where it holds memory until the next boot.
+    A segment that some process still maps belongs to a job that is running, and stays."""
+    new = mpich_segments() - before
+    if not new:
+        return
+    mapped = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                if _SHM_DIRECTORY + "/" in line:
+                    mapped.add(line.rsplit("/", 1)[-1].removesuffix(" (deleted)\n").strip())
+    for name in new - mapped:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(_SHM_DIRECTORY, name))
 
 
 def _rank_pids(workspace: Workspace, nprocs: int) -> list[tuple[int, int]]:
