@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "common/error.h"
 #include "netem/control.h"
@@ -290,7 +291,9 @@ void Relay::receive(Forwarder& forwarder, std::int64_t now_ns) {
 
 void Relay::route(Forwarder& forwarder, const unsigned char* frame, std::uint32_t length, std::int64_t now_ns) {
   // Without offload a frame is one packet; with it, a super-packet stands for several.
-  const std::uint32_t segments = offload_ ? OffloadFrame(frame, length).segments : 1;
+  std::optional<OffloadFrame> whole;
+  if (offload_) whole.emplace(frame, length);
+  const std::uint32_t segments = whole ? whole->segments : 1;
   ++forwarder.counters.received_frames;
   forwarder.counters.received_packets += segments;
   const std::size_t prefix = offload_ ? kOffloadHeaderBytes : 0;
@@ -312,7 +315,7 @@ void Relay::route(Forwarder& forwarder, const unsigned char* frame, std::uint32_
   // super-packet has more than one, so only a super-packet is ever cut).
   const auto leave = [&](std::uint32_t first, std::uint32_t count) {
     unsigned char* run = forwarder.run_buffer.data();
-    enqueue(forwarder, index, deadline_ns, run, OffloadFrame(frame, length).build_run(first, count, run), count);
+    enqueue(forwarder, index, deadline_ns, run, whole->build_run(first, count, run), count);
   };
   std::uint32_t run_start = 0;
   for (std::uint32_t segment = 0; segment < segments; ++segment) {
