@@ -6,9 +6,9 @@ round trip, rate and loss of ``SPEC``. The peers (:mod:`.allreduce_wan_peer`, st
 namespaces with ``Network.spawn``; ``shared_memory=False``, listening on their ``wan0`` address) each
 hold two communicators, one per pycomm group:
 
-- ``auto``: ``connections=None`` with ``link_bandwidth`` the emulated rate (what a user who knows
-  the link passes), the pool of connections to the next peer sized from that rate, the link's round
-  trip and the socket buffer limits; it also runs the int8 all-reduces (``quantization="int8"``);
+- ``auto``: ``connections=None``, then ``optimize_topology()``: every link probed, the pool of
+  connections to the next peer sized from its measured bandwidth and round trip and the socket
+  buffer limits; it also runs the int8 all-reduces (``quantization="int8"``);
 - ``single``: ``connections=1``, one connection per operation, the scheme of PCCL;
 
 and the physical anchor is plain TCP over the same ring of links, all links at once, with 1 and
@@ -74,7 +74,7 @@ PEER_MODULE = "pycomm.benchmarks.allreduce_wan_peer"
 
 SYSTEMS = ("auto", "single", "int8", "tcp1", "tcp4")
 LABELS = {
-    "auto": "pycomm all_reduce, connections=None, link_bandwidth=the link's rate (pool sized from the link)",
+    "auto": "pycomm all_reduce, connections=None, pool sized by optimize_topology() from the link measured",
     "single": "pycomm all_reduce, connections=1 (one connection per operation, PCCL's scheme)",
     "int8": "pycomm all_reduce(quantization='int8'), connections=None; effective rate of the float32 data",
     "tcp1": "plain TCP, 1 stream per ring link, every link at once",
@@ -198,6 +198,10 @@ DEFINITIONS = {
     "max_error and bound reported), and the result's hash equal on every peer",
     "auto_pool_connections": "per peer, the established connections its connections=None communicator "
     "opened to the next peer (read from the namespace's /proc/net/tcp)",
+    "auto_ring_connections": "per peer, the pool its connections=None communicator says it has "
+    "(Communicator.ring_connections)",
+    "probe_gbps": "per peer, the bandwidth optimize_topology() measured to its next peer in the ring",
+    "probe_s": "per peer, how long optimize_topology() took (probing every link, then a new epoch)",
     "detect_s": "SIGKILL of 1 of 3 peers half way through an all-reduce -> the master ends the epoch",
     "aborted_s": "SIGKILL -> the last survivor's all-reduce raises Aborted (the new epoch has begun)",
     "recovery_s": "SIGKILL -> the last survivor's first correct all-reduce in the new epoch (it includes "
@@ -405,7 +409,6 @@ def _measure_case(config: WanConfig, peers: int, size: int, progress: Callable[[
                     "throughput",
                     *argv,
                     *("--host", net.address(slot), "--peers", str(peers)),
-                    *("--link-bandwidth", str(config.rate / 8)),
                 ],
                 f"peer-{slot}",
                 workdir,
@@ -496,6 +499,9 @@ def _summarise(
         "size_bytes": size,
         "bus_bytes": bus,
         "auto_pool_connections": [hello["auto_pool_connections"] for hello in hellos],
+        "auto_ring_connections": [hello["auto_ring_connections"] for hello in hellos],
+        "probe_gbps": [hello["probe_gbps"] for hello in hellos],
+        "probe_s": [hello["probe_s"] for hello in hellos],
         "results": results,
         "ratios": {
             "auto/single": gbps["auto"] / gbps["single"],
@@ -614,9 +620,11 @@ def format_wan_report(document: dict[str, Any]) -> str:
     for case in document["cases"]:
         ratios = ", ".join(f"{name} {value:.2f}x" for name, value in case["ratios"].items())
         pools = sorted(set(case["auto_pool_connections"]))
+        probed = case["probe_gbps"]
         parts.append(
             f"{case['peers']} peers, {format_size(case['size_bytes'])}: {ratios}; connections=None pooled "
-            f"{'/'.join(map(str, pools))} connection(s) to the next peer"
+            f"{'/'.join(map(str, pools))} connection(s) to the next peer (optimize_topology() measured "
+            f"{min(probed):.3f}-{max(probed):.3f} Gbit/s to it in {max(case['probe_s']):.1f} s)"
         )
     target_rows = [
         [

@@ -7,9 +7,9 @@ one JSON object a line: the namespaces have no route to the driver's loopback, a
 them without touching the emulated links. Anything else the process prints goes to its standard error.
 
 - ``throughput``: one peer of both pycomm groups the driver times: a communicator whose pool of
-  connections is sized from the link (``connections=None``, ``link_bandwidth`` the link's rate, as
-  a user who knows the link would configure it) and one with ``connections=1``. It runs one timed,
-  checked all-reduce per command.
+  connections is sized from the link as measured (``connections=None``, then
+  ``optimize_topology()``, which probes every link and sizes each pool from its bandwidth and round
+  trip) and one with ``connections=1``. It runs one timed, checked all-reduce per command.
 - ``fault``: the loop ``if pending_peers(): update_topology(); all_reduce(x)`` with every result
   checked, reporting each completed all-reduce and each ``Aborted`` with its time.
 - ``tcp-receive`` / ``tcp-send``: plain TCP over the same links, the physical anchor.
@@ -120,12 +120,9 @@ def outgoing_connections(exclude_host: str) -> int:
 # -- throughput --------------------------------------------------------------------------------
 
 
-def _join(
-    args: argparse.Namespace, group: int, connections: int | None, link_bandwidth: float | None = None
-) -> Any:
+def _join(args: argparse.Namespace, group: int, connections: int | None) -> Any:
     from pycomm.ft import Communicator
 
-    options = {} if link_bandwidth is None else {"link_bandwidth": link_bandwidth}
     comm = Communicator(
         args.master,
         peer_group=group,
@@ -133,7 +130,6 @@ def _join(
         host=args.host,
         timeout=args.timeout,
         shared_memory=False,
-        **options,
     )
     comm.connect(timeout=START_TIMEOUT)
     # Admission is collective: members admit newcomers until the group is complete.
@@ -154,7 +150,8 @@ def throughput(args: argparse.Namespace) -> None:
     master_host = args.master.rsplit(":", 1)[0]
     comms: dict[str, Any] = {}
     try:
-        comms["auto"] = _join(args, *GROUPS["auto"], args.link_bandwidth)
+        comms["auto"] = _join(args, *GROUPS["auto"])
+        probe = _optimize(comms["auto"])
         # One checked all-reduce first: the ring of the complete group is up when the pool is counted.
         data = np.empty(args.elements, np.float32)
         token = np.zeros(1, np.float32)
@@ -167,6 +164,8 @@ def throughput(args: argparse.Namespace) -> None:
                 "ranks": {name: comm.rank for name, comm in comms.items()},
                 "world": args.peers,
                 "auto_pool_connections": pool,
+                "auto_ring_connections": comms["auto"].ring_connections,
+                **probe,
                 "first_check_wrong": first["wrong"],
                 "version": pycomm.__version__,
             }
@@ -189,6 +188,18 @@ def throughput(args: argparse.Namespace) -> None:
     finally:
         for comm in comms.values():
             comm.close()
+
+
+def _optimize(comm: Any) -> dict[str, float]:
+    """optimize_topology(): probes every link and sizes the pool to the next peer from what it
+    measured; returns how long that took and the bandwidth measured to the next peer of the ring."""
+    before = comm.members
+    started = time.perf_counter()
+    plan = comm.optimize_topology()
+    took = time.perf_counter() - started
+    after = comm.members[(comm.rank + 1) % comm.world_size]
+    measured = plan.bandwidth[before.index(comm.peer_id), before.index(after)]
+    return {"probe_s": took, "probe_gbps": float(measured) * 8e-9}
 
 
 def _timed(comm: Any, data: np.ndarray, token: np.ndarray, quantization: str | None, salt: int) -> dict:
@@ -346,7 +357,6 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--elements", type=int, required=True)
         sub.add_argument("--timeout", type=float, required=True)
     kinds.choices["throughput"].add_argument("--peers", type=int, required=True)
-    kinds.choices["throughput"].add_argument("--link-bandwidth", type=float, required=True, help="bytes/s")
     kinds.choices["fault"].add_argument("--min-world", type=int, required=True)
     receive = kinds.add_parser("tcp-receive")
     receive.add_argument("--host", required=True)

@@ -94,6 +94,9 @@ def test_quick_wan_run_reports_every_system_with_checked_results(quick_run: tupl
         assert sorted(case["results"]) == sorted(suite.SYSTEMS)
         assert len(case["auto_pool_connections"]) == peers
         assert all(count >= 1 for count in case["auto_pool_connections"])
+        # The pool the communicator says it has is the one the namespace's TCP table shows.
+        assert case["auto_ring_connections"] == case["auto_pool_connections"]
+        assert all(positive(rate) for rate in case["probe_gbps"] + case["probe_s"])
         for system, entry in case["results"].items():
             assert positive(entry["gbps"]) and positive(entry["link_ratio"]), system
             assert entry["link_ratio"] == pytest.approx(entry["gbps"] * 1e9 / options["link"]["rate"])
@@ -163,10 +166,14 @@ def read_json_line(process: subprocess.Popen[str], timeout: float = 30.0) -> dic
     return json.loads(line)
 
 
-@pytest.fixture
-def ring_network() -> Iterator[tuple[netem.Network, Master, list[subprocess.Popen[str]]]]:
+@contextlib.contextmanager
+def members_network(
+    peers: int, **link: str
+) -> Iterator[tuple[netem.Network, Master, list[subprocess.Popen[str]]]]:
+    """A network whose slot 0 holds the master; the members started go into the list, and are
+    killed if still running at the end."""
     started: list[subprocess.Popen[str]] = []
-    with netem.Network(peers=4, rtt="2ms", rate="200mbit") as net:
+    with netem.Network(peers=peers, **link) as net:
         # Members wait idle between steps on a machine that may be busy: no eviction for that.
         master = net.call_in(0, lambda: Master(host=net.address(0), heartbeat_timeout=10.0))
         try:
@@ -177,6 +184,19 @@ def ring_network() -> Iterator[tuple[netem.Network, Master, list[subprocess.Pope
                 if process.poll() is None:
                     process.kill()
                 process.communicate(timeout=10)
+
+
+@pytest.fixture
+def ring_network() -> Iterator[tuple[netem.Network, Master, list[subprocess.Popen[str]]]]:
+    with members_network(4, rtt="2ms", rate="200mbit") as network:
+        yield network
+
+
+def tell(processes: list[subprocess.Popen[str]], line: str) -> None:
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(line + "\n")
+        process.stdin.flush()
 
 
 def hops(order: list[str]) -> set[tuple[str, str]]:
@@ -215,10 +235,7 @@ def test_ring_order_changes_when_one_emulated_link_is_made_slow(ring_network: An
     # One hop of the current ring (rank 0 -> rank 1) becomes ten times slower, in that direction only.
     slow = (members[0], members[1])
     net.set_link(slot_of[slow[0]], slot_of[slow[1]], rate="20mbit")
-    for process in started:
-        assert process.stdin is not None
-        process.stdin.write("go\n")
-        process.stdin.flush()
+    tell(started, "go")
     plans = [read_json_line(process, 60.0) for process in started]
     order = plans[0]["order"]
     # What was measured (Mbit/s, row = sender, in the old rank order) explains a failure.
@@ -227,8 +244,69 @@ def test_ring_order_changes_when_one_emulated_link_is_made_slow(ring_network: An
     assert sorted(order) == sorted(members) and slow not in hops(order), measured
     # The group now runs on that ring, and its all-reduce is right.
     assert all(plan["members"] == order and plan["world"] == world and plan["sum_ok"] for plan in plans)
-    for process in started:
-        assert process.stdin is not None
-        process.stdin.write("leave\n")
-        process.stdin.flush()
+    tell(started, "leave")
     assert [process.wait(timeout=30) for process in started] == [0] * world
+
+
+# ----- the pool is sized from what optimize_topology() measured -----
+
+# One of two members: joins with a link_bandwidth far below the link's (a pool of 1), says what it
+# has, optimizes the topology (which probes the link and sizes the pool from the probe), then runs
+# one checked all-reduce over the new pool.
+POOL_MEMBER = """
+import json, math, sys, time
+import numpy as np
+from pycomm.ft import Communicator
+from pycomm.ft.communicator import _window_per_connection
+master, host = sys.argv[1], sys.argv[2]
+comm = Communicator(master, host=host, shared_memory=False, timeout=60, link_bandwidth=1e6)
+comm.connect(timeout=60)
+while comm.world_size < 2:
+    if comm.pending_peers():
+        comm.update_topology()
+    else:
+        time.sleep(0.01)
+before, epoch = comm.ring_connections, comm.epoch
+plan = comm.optimize_topology()
+x = np.full(1 << 20, comm.rank + 1, np.float32)
+info = comm.all_reduce(x)
+result = {"before": before, "epoch_before": epoch, "epoch": comm.epoch, "changed": plan.changed,
+          "bandwidth": plan.bandwidth.tolist(), "pools": plan.connections, "after": comm.ring_connections,
+          "window": _window_per_connection(), "sum_ok": bool((x == 3).all()), "world": info.world_size}
+print(json.dumps(result), flush=True)
+sys.stdin.readline()
+comm.close()
+"""
+# Socket buffers small enough that one connection cannot fill the link: 128 KiB windows over a
+# 100 Mbit/s link of 40 ms need about four.
+SMALL_BUFFERS = "4096 65536 262144"
+
+
+@needs_namespaces
+@pytest.mark.slow
+def test_optimize_topology_sizes_the_pool_from_the_measured_link(tmp_path) -> None:
+    rate, rtt = 100e6, 0.04
+    with members_network(3, rtt=f"{rtt * 1e3:g}ms", rate="100mbit") as (net, master, started):
+        for slot in (1, 2):
+            for name in ("tcp_wmem", "tcp_rmem"):
+                command = ["sysctl", "-qw", f"net.ipv4.{name}={SMALL_BUFFERS}"]
+                assert net.spawn(slot, command).wait(timeout=10) == 0
+        for slot in (1, 2):
+            argv = [sys.executable, "-c", POOL_MEMBER, master.address, net.address(slot)]
+            pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+            started.append(net.spawn(slot, argv, **pipes, text=True, cwd=tmp_path))
+        results = [read_json_line(process, 90.0) for process in started]
+        tell(started, "leave")
+        assert [process.wait(timeout=30) for process in started] == [0, 0]
+    data_rate = 0.965 * rate / 8  # bytes/s of TCP data the link carries
+    for result in results:
+        assert result["window"] == 128 << 10 and result["before"] == 1
+        measured = [result["bandwidth"][0][1], result["bandwidth"][1][0]]
+        # Each direction measured within 10% of the link's data rate: TCP's start-up left out.
+        assert all(abs(value / data_rate - 1) < 0.1 for value in measured), measured
+        # Each pool covers its link's bandwidth-delay product (40 ms or more, queueing included) and
+        # is what the peer now runs with, in the new epoch.
+        least = math.ceil(0.9 * data_rate * rtt / result["window"])
+        assert all(least <= pool <= 2 * least for pool in result["pools"]), (result["pools"], least)
+        assert result["changed"] and result["epoch"] == result["epoch_before"] + 1
+        assert result["after"] in result["pools"] and result["sum_ok"] and result["world"] == 2

@@ -6,11 +6,15 @@ correct all-reduce afterwards), measuring real links on loopback, and refusing i
 from __future__ import annotations
 
 import itertools
+import socket
+import threading
 
 import numpy as np
 import pytest
 
-from pycomm.errors import InvalidArgumentError
+from pycomm.errors import CommError, InvalidArgumentError
+from pycomm.ft._links import MAX_PROBE_BYTES, PROBE_CHUNK, SETTLE_WINDOWS, _absorb_probe, _Settling
+from pycomm.ft._protocol import Channel, Message
 from pycomm.ft.ring_order import EXACT_LIMIT, best_ring, score
 from pycomm.testing.ft import local_group, on_all
 
@@ -107,6 +111,7 @@ def test_optimize_topology_measures_every_link_on_loopback() -> None:
         assert np.array_equal(plan.bandwidth, results[0][0].bandwidth)  # one matrix, agreed
         off_diagonal = plan.bandwidth[~np.eye(3, dtype=bool)]
         assert np.all(off_diagonal > 0) and np.all(np.diag(plan.bandwidth) == 0)
+        assert len(plan.connections) == 3 and all(pool >= 1 for pool in plan.connections)
 
 
 def test_members_with_different_matrices_are_refused_everywhere() -> None:
@@ -120,3 +125,80 @@ def test_members_with_different_matrices_are_refused_everywhere() -> None:
             return "accepted"
 
         assert on_all(comms, run) == ["the members passed different bandwidth matrices"] * 2
+
+
+# ----- the probe's rate -----
+
+
+def feed(settling: _Settling, rates: list[float], step: float = 0.01, round_trip: float = 0.05) -> float:
+    """Acknowledged bytes growing at ``rates[k]`` bytes/s during sample k; returns the time reached."""
+    now, acked = 0.0, 0
+    for rate in rates:
+        now += step
+        acked += int(rate * step)
+        settling.add(now, acked, round_trip)
+        if settling.settled:
+            break
+    return now
+
+
+def test_a_probe_settles_on_the_plateau_and_leaves_out_the_ramp() -> None:
+    # 50 ms round trips: 0.2 s windows. TCP's start-up doubles the rate each window, then the link
+    # is full at 100 MB/s, the windows alternating 10% above and below (acknowledgements in bursts).
+    ramp = [rate for rate in (6e6, 12e6, 25e6, 50e6) for _ in range(20)]
+    plateau = [rate for rate in (110e6, 90e6) * 10 for _ in range(20)]
+    settling = _Settling(0.0, 0)
+    ended = feed(settling, ramp + plateau)
+    assert settling.settled
+    assert ended == pytest.approx(0.01 * (len(ramp) + 20 * (SETTLE_WINDOWS + 1)))  # no longer than needed
+    # The best window (110 MB/s) is left out with the ramp: the windows after it average 100 MB/s
+    # (two 90s and one 110 over three windows here: 96.7).
+    assert settling.best == pytest.approx(110e6, rel=0.01)
+    assert settling.rate == pytest.approx((90e6 + 110e6 + 90e6) / 3, rel=0.01)
+
+
+def test_a_rate_that_keeps_growing_has_not_settled() -> None:
+    settling = _Settling(0.0, 0)
+    feed(settling, [1e6 * 1.1**window for window in range(40) for _ in range(20)])
+    assert not settling.settled
+    assert settling.rate == settling.best  # nothing after the best window: its own rate
+
+
+def test_no_rate_before_a_whole_window() -> None:
+    settling = _Settling(0.0, 0)
+    feed(settling, [1e9] * 10)  # 0.1 s of a 0.2 s window
+    assert settling.rate == 0 and not settling.settled
+
+
+@pytest.mark.parametrize(
+    ("lengths", "message"),
+    [
+        ([PROBE_CHUNK + 1], "a probe chunk of 1048577 bytes after 0"),
+        ([-5], "a probe chunk of -5 bytes"),
+        ([PROBE_CHUNK] * (MAX_PROBE_BYTES // PROBE_CHUNK) + [1], f"after {MAX_PROBE_BYTES}"),
+    ],
+)
+def test_a_probe_link_refuses_chunks_it_was_not_built_for(lengths: list[int], message: str) -> None:
+    here, there = socket.socketpair()
+    prober, absorber = Channel(here), Channel(there)
+    failure: list[BaseException] = []
+
+    def absorb() -> None:
+        try:
+            _absorb_probe(absorber)
+        except CommError as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=absorb, daemon=True)
+    thread.start()
+    try:
+        chunk = memoryview(bytes(PROBE_CHUNK))
+        for length in lengths[:-1]:  # accepted chunks, then the one refused (its bytes never sent)
+            prober.send(Message.PROBE, {"length": length})
+            prober.send_raw(chunk[:length], timeout=10)
+        prober.send(Message.PROBE, {"length": lengths[-1]})
+        thread.join(timeout=60)
+        assert len(failure) == 1 and message in str(failure[0])
+    finally:
+        prober.close()
+        absorber.close()

@@ -5,16 +5,20 @@ LINK_HELLO from the connector naming the kind of link, the group, the epoch and 
 signed with the group secret when there is one. A ring link is a pool of ``stripes`` connections
 (the hello says which one it is): the pool is handed, as raw file descriptors, to the C++ ring
 engine of that epoch, which stripes each operation over it. Fetch links serve shared-state requests;
-probe links receive a burst of bytes and say when it has all arrived (``measure_bandwidth``).
+probe links absorb a stream of bytes until the prober says it has measured enough
+(``measure_bandwidth``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import socket
+import struct
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from pycomm.errors import CommError, CommTimeout
 from pycomm.ft._protocol import (
@@ -28,10 +32,26 @@ from pycomm.ft._protocol import (
     verify,
 )
 
+_T = TypeVar("_T")
+
 HANDSHAKE_TIMEOUT = 5.0
-# The largest burst a probe link accepts.
+# The most bytes one probe connection accepts, and the chunk a probe is sent in.
 MAX_PROBE_BYTES = 1 << 30
+PROBE_CHUNK = 1 << 20
 PROBE_TIMEOUT = 60.0
+# A probe stops once its rate has settled (no window of SETTLE_WINDOW_RTTS round trips, at least
+# MIN_SETTLE_WINDOW seconds, beat the best by SETTLE_GAIN for SETTLE_WINDOWS windows in a row), after
+# PROBE_SECONDS, or when its bytes are all sent, whichever comes first.
+SETTLE_WINDOW_RTTS = 4
+MIN_SETTLE_WINDOW = 0.02
+SETTLE_GAIN = 0.05
+SETTLE_WINDOWS = 3
+PROBE_SECONDS = 5.0
+# Where Linux's struct tcp_info keeps the bytes the peer acknowledged (u64, Linux 4.1+) and the
+# smallest round trip seen (u32 microseconds, Linux 4.6+).
+_TCPI_BYTES_ACKED = 120
+_TCPI_MIN_RTT = 148
+_TCPI_LENGTH = 152
 # The most connections one ring link may pool (a peer that announces more is refused).
 MAX_STRIPES = 64
 
@@ -192,52 +212,194 @@ class DataListener:
 
 
 def _absorb_probe(channel: Channel) -> None:
-    request = channel.expect(Message.PROBE, timeout=PROBE_TIMEOUT)
-    length = field(request, "length", int)
-    if not 0 < length <= MAX_PROBE_BYTES:
-        raise CommError(f"a probe of {length} bytes (at most {MAX_PROBE_BYTES})")
-    sink = memoryview(bytearray(min(length, 1 << 20)))
-    left = length
-    while left:
-        chunk = min(left, len(sink))
-        channel.receive_into(sink[:chunk], timeout=PROBE_TIMEOUT)
-        left -= chunk
-    channel.send(Message.PROBE_DONE, {})
+    """Receives PROBE chunks until an empty one, then says how many bytes arrived."""
+    total = 0
+    sink = memoryview(bytearray(PROBE_CHUNK))
+    while True:
+        length = field(channel.expect(Message.PROBE, timeout=PROBE_TIMEOUT), "length", int)
+        if length == 0:
+            break
+        if not 0 < length <= PROBE_CHUNK or total + length > MAX_PROBE_BYTES:
+            raise CommError(
+                f"a probe chunk of {length} bytes after {total} (chunks of at most {PROBE_CHUNK}, "
+                f"{MAX_PROBE_BYTES} in all)"
+            )
+        channel.receive_into(sink[:length], timeout=PROBE_TIMEOUT)
+        total += length
+    channel.send(Message.PROBE_DONE, {"bytes": total})
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkEstimate:
+    """What a probe measured of one direction of a link: bytes/s and the round trip in seconds."""
+
+    bandwidth: float
+    round_trip: float
+
+
+def _tcp_progress(channels: list[Channel]) -> tuple[int, float] | None:
+    """(bytes the peers have acknowledged on these connections, the smallest round trip they saw, in
+    seconds: the path's own, without the queues the probe fills) from TCP_INFO; None where the
+    platform does not give them."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return None
+    acked, round_trip = 0, float("inf")
+    for channel in channels:
+        try:
+            info = channel.sock.getsockopt(socket.IPPROTO_TCP, option, _TCPI_LENGTH)
+        except OSError:
+            return None
+        if len(info) < _TCPI_LENGTH:
+            return None
+        acked += struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)[0]
+        round_trip = min(round_trip, struct.unpack_from("=I", info, _TCPI_MIN_RTT)[0] * 1e-6)
+    return acked, round_trip
+
+
+class _Settling:
+    """Watches the acknowledged bytes of a probe's streams over windows of a few round trips. The
+    rate has settled once SETTLE_WINDOWS windows in a row did not beat the best window by SETTLE_GAIN
+    (bbr's full-bandwidth test); the estimate is the rate over those windows, so neither the ramp
+    nor one window's jitter counts."""
+
+    def __init__(self, now: float, acked: int) -> None:
+        self.window_start, self.window_acked = now, acked
+        self.plateau_start, self.plateau_acked = now, acked
+        self.best = 0.0
+        self.flat = 0
+
+    def add(self, now: float, acked: int, round_trip: float) -> None:
+        if now - self.window_start < max(MIN_SETTLE_WINDOW, SETTLE_WINDOW_RTTS * round_trip):
+            return
+        rate = (acked - self.window_acked) / (now - self.window_start)
+        if rate > self.best * (1 + SETTLE_GAIN):
+            self.best, self.flat = rate, 0
+            self.plateau_start, self.plateau_acked = now, acked
+        else:
+            self.flat += 1
+        self.window_start, self.window_acked = now, acked
+
+    @property
+    def settled(self) -> bool:
+        return self.flat >= SETTLE_WINDOWS
+
+    @property
+    def rate(self) -> float:
+        """Bytes/s over the windows since the best one (the best window's own rate before any);
+        0 before the first window ends."""
+        if not self.flat:
+            return self.best
+        return (self.window_acked - self.plateau_acked) / (self.window_start - self.plateau_start)
 
 
 def measure_bandwidth(
-    host: str, port: int, total_bytes: int, streams: int, probe_timeout: float = PROBE_TIMEOUT, **link: Any
-) -> float:
-    """Bytes/s from this peer to the one at host:port: ``total_bytes`` sent at once over ``streams``
-    probe connections, timed from the first byte until every stream's receiver said it had all
-    (within ``probe_timeout`` seconds)."""
-    channels = [open_link(host, port, kind="probe", **link)[0] for _ in range(streams)]
+    host: str,
+    port: int,
+    total_bytes: int,
+    streams: int,
+    probe_timeout: float = PROBE_TIMEOUT,
+    **link: Any,
+) -> LinkEstimate:
+    """The rate from this peer to the one at host:port over ``streams`` probe connections at once.
+
+    Where TCP_INFO is available (Linux) the rate is that of the bytes the receiver acknowledged once
+    it stopped growing (see ``_Settling``), so TCP's start-up is not counted, and the probe ends
+    there: a long-fat link is probed for about a second, not until ``total_bytes`` are sent (at
+    most that many, and at most PROBE_SECONDS); its connections are then reset, since the bytes
+    still queued would only delay what follows. Elsewhere, or when ``total_bytes`` end before a
+    whole window was seen, the bytes are timed from the first until every receiver said it had
+    all. The round trip is the smallest TCP saw, where TCP_INFO gives it, else the time the
+    connections took to open. Each stream must end within ``probe_timeout`` seconds."""
+    started = time.perf_counter()
+    channels = _in_parallel([lambda: open_link(host, port, kind="probe", **link)[0]] * streams)
+    connect_round_trip = time.perf_counter() - started
     try:
         share = max(1, total_bytes // streams)
-        payload = memoryview(bytes(share))
-        errors: list[BaseException] = []
+        payload = memoryview(bytes(min(share, PROBE_CHUNK)))
+        stop = threading.Event()
 
-        def burst(channel: Channel) -> None:
-            try:
-                channel.send(Message.PROBE, {"length": share})
-                channel.send_raw(payload, timeout=probe_timeout)
-                channel.expect(Message.PROBE_DONE, timeout=probe_timeout)
-            except BaseException as error:  # raised below, on the caller's thread
-                errors.append(error)
+        def stream(channel: Channel) -> None:
+            sent = 0
+            while sent < share and not stop.is_set():
+                chunk = min(share - sent, len(payload))
+                channel.send(Message.PROBE, {"length": chunk})
+                channel.send_raw(payload[:chunk], timeout=probe_timeout)
+                sent += chunk
+            if stop.is_set():
+                # Reset, not closed: what is still queued is discarded instead of sent.
+                channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            channel.send(Message.PROBE, {"length": 0})
+            channel.expect(Message.PROBE_DONE, timeout=probe_timeout)
 
-        threads = [threading.Thread(target=burst, args=(c,), daemon=True) for c in channels]
+        progress = _tcp_progress(channels)
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
-        if errors:
-            raise errors[0]
-        return share * streams / elapsed
+        watched: list[tuple[float, float]] = []
+        if progress is not None:
+            watcher = threading.Thread(
+                target=lambda: watched.append(_watch(channels, stop, started, progress[0])), daemon=True
+            )
+            watcher.start()
+        try:
+            _in_parallel([functools.partial(stream, channel) for channel in channels])
+        finally:
+            stop.set()
+            if progress is not None:
+                watcher.join()
+        rate, round_trip = watched[0] if watched else (0.0, 0.0)
+        return LinkEstimate(
+            rate or share * streams / (time.perf_counter() - started), round_trip or connect_round_trip
+        )
     finally:
         for channel in channels:
             channel.close()
+
+
+def _watch(channels: list[Channel], stop: threading.Event, started: float, acked: int) -> tuple[float, float]:
+    """Samples the probe's acknowledged bytes until its rate settles (then stops the streams) or they
+    stop; returns the settled rate (0 when no whole window was seen: a probe too short to time this
+    way) and the last round trip TCP measured."""
+    settling = _Settling(started, acked)
+    round_trip = 0.0
+    while True:
+        stopped = stop.wait(max(0.001, min(0.01, round_trip / 4)))
+        now = time.perf_counter()
+        progress = _tcp_progress(channels)
+        if progress is None:
+            break
+        acked, round_trip = progress
+        if stopped:
+            break
+        settling.add(now, acked, round_trip)
+        if settling.settled or now - started > PROBE_SECONDS:
+            stop.set()
+    return settling.rate, round_trip
+
+
+def _in_parallel(calls: list[Callable[[], _T]]) -> list[_T]:
+    """Runs each call on its own thread and returns their results in order; raises the first error
+    once all have ended, after closing the channels the others returned."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = calls[index]()
+        except BaseException as error:  # raised below, on the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        for result in results:
+            if isinstance(result, Channel):
+                result.close()
+        raise errors[0]
+    return results
 
 
 def open_link(
@@ -297,23 +459,12 @@ def open_ring_pool(host: str, port: int, stripes: int | Callable[[float], int], 
     """Opens a ring link's pool of connections: the first (which may size the pool from its round
     trip), then the others at once, each on its own thread."""
     first, count = open_link(host, port, kind="ring", stripe=0, stripes=stripes, **link)
-    channels: list[Channel | None] = [first] + [None] * (count - 1)
-    errors: list[BaseException] = []
 
-    def connect(stripe: int) -> None:
-        try:
-            channels[stripe] = open_link(host, port, kind="ring", stripe=stripe, stripes=count, **link)[0]
-        except BaseException as error:  # raised below, on the caller's thread
-            errors.append(error)
+    def connect(stripe: int) -> Channel:
+        return open_link(host, port, kind="ring", stripe=stripe, stripes=count, **link)[0]
 
-    threads = [threading.Thread(target=connect, args=(k,), daemon=True) for k in range(1, count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        for channel in channels:
-            if channel is not None:
-                channel.close()
-        raise errors[0]
-    return [channel for channel in channels if channel is not None]
+    try:
+        return [first, *_in_parallel([functools.partial(connect, k) for k in range(1, count)])]
+    except BaseException:
+        first.close()
+        raise

@@ -45,7 +45,14 @@ from pycomm.errors import (
     InvalidArgumentError,
     ProtocolError,
 )
-from pycomm.ft._links import MAX_PROBE_BYTES, MAX_STRIPES, DataListener, measure_bandwidth, open_ring_pool
+from pycomm.ft._links import (
+    MAX_PROBE_BYTES,
+    MAX_STRIPES,
+    DataListener,
+    LinkEstimate,
+    measure_bandwidth,
+    open_ring_pool,
+)
 from pycomm.ft._protocol import (
     PROTOCOL_VERSION,
     Channel,
@@ -81,8 +88,9 @@ TAG_BANDWIDTH = INTERNAL_TAG_BASE + 7
 LINK_TIMEOUT = 5.0
 # What an all-reduce may put on the wire instead of the values (see csrc/ft/quantized_ring.cc).
 WIRE_QUANTIZATIONS = ("int8", "uint8", "fp16", "bf16")
-# The largest pool connections=None picks.
+# The largest pool connections=None picks, and the streams it first probes a link with.
 AUTO_CONNECTIONS_MAX = 16
+PROBE_STREAMS = 8
 # How long an abandoned operation waits for the master to start the next epoch.
 RECOVERY_WAIT = 30.0
 
@@ -200,12 +208,16 @@ def _user_tag(tag: Any, internal: bool = False) -> int:
 class RingPlan:
     """What optimize_topology() decided: the member ids in ring order, the measured (or given)
     bandwidth matrix in the old epoch's rank order (bytes/s, row = sender), the ring's bottleneck
-    bandwidth, and whether the ring changed (a new epoch began)."""
+    bandwidth, whether the ring changed (a new epoch began: a faster order, or a pool resized from
+    the measurement) and the size of each link's pool."""
 
     order: list[str]
     bandwidth: np.ndarray
     bottleneck: float
     changed: bool
+    # The pool of each link of the ring, connections[k] from order[k] to order[k + 1], as measured
+    # (0: a new link with nothing measured, sized when the ring forms).
+    connections: list[int] = dataclasses.field(default_factory=list)
 
 
 class Work:
@@ -300,9 +312,11 @@ class Communicator:
     ``shared_memory``: when every member runs on this machine, all-reduces go through shared
     memory (/dev/shm) instead of the ring's TCP links; False keeps them on TCP.
     ``connections``: the pool of TCP connections to the next peer that every ring operation is
-    striped over. None sizes it per epoch from the link: the round trip TCP's connect took times
-    ``link_bandwidth`` (bytes/s; the fastest rate the link is expected to reach), divided by the
-    window one connection can use under the kernel's socket buffer limits, at most 16.
+    striped over. None sizes it per epoch from the link: its bandwidth times its round trip, divided
+    by the window one connection can use under the kernel's socket buffer limits, at most 16. The
+    bandwidth and round trip are those optimize_topology() measured to that peer; until it has,
+    ``link_bandwidth`` (bytes/s; the fastest rate the link is expected to reach) and the round trip
+    TCP's connect took.
     """
 
     def __init__(
@@ -382,6 +396,9 @@ class Communicator:
         self._owes_abort: str | None = None
         self._admitted: list[str] = []  # peers admitted into the current epoch
         self._state_server: Any = None
+        self._ring_connections = 0  # the pool to the next peer in this epoch
+        # Pool sizes optimize_topology() chose from its measurements, by peer id.
+        self._measured_pools: dict[str, int] = {}
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -400,6 +417,11 @@ class Communicator:
     @property
     def members(self) -> list[str]:
         return [entry["id"] for entry in self._members]
+
+    @property
+    def ring_connections(self) -> int:
+        """The connections this epoch's ring operations are striped over to the next peer (0 alone)."""
+        return self._ring_connections
 
     def connect(self, timeout: float | None = None) -> None:
         """Registers with the master and returns once this peer is a member of the group."""
@@ -611,7 +633,7 @@ class Communicator:
         self,
         bandwidths: Any = None,
         *,
-        probe_bytes: int = 8 << 20,
+        probe_bytes: int = 256 << 20,
         min_gain: float = 0.1,
         timeout: float | None = None,
     ) -> RingPlan:
@@ -620,13 +642,19 @@ class Communicator:
         it differs from the current one, moves the group into a new epoch whose ring has that
         order. A collective among the members with nothing in flight, like update_topology().
 
-        Each member sends ``probe_bytes`` to every other over ``connections`` streams (4 when the
-        pool is sized automatically), one peer at a time, all members at once in a pattern where
-        no two probes share a sender or a receiver. ``bandwidths`` (a members x members matrix in
-        rank order, the same on every member) skips the measurement. The ring changes only when the
-        best order is faster than the current one by more than ``min_gain`` (0.1: a 10% larger
-        bottleneck, or as large a one and 10% less time per byte), so measurement noise does not
-        reorder it.
+        Each member probes every other over ``connections`` streams (with ``connections=None``, 8,
+        and 16 when 8 may have been too few), one peer at a time, all members at once in a pattern
+        where no two probes share a sender or a receiver. A probe stops once its rate has settled
+        (about a second over a long-fat link; see :func:`pycomm.ft._links.measure_bandwidth`), and
+        sends at most ``probe_bytes``. ``bandwidths`` (a members x members matrix in rank order, the
+        same on every member) skips the measurement. The ring changes only when the best order is
+        faster than the current one by more than ``min_gain`` (0.1: a 10% larger bottleneck, or as
+        large a one and 10% less time per byte), so measurement noise does not reorder it.
+
+        With ``connections=None``, each link's pool is then sized from what was measured (its
+        bandwidth times its round trip over one connection's window); when a pool of the chosen
+        ring is smaller than that, or at least twice as large, the group moves into a new epoch
+        even if the order stays.
         """
         with self._lock:
             self._raise_if_unusable()
@@ -637,30 +665,28 @@ class Communicator:
                 )
             epoch, members, rank = self._epoch, list(self._members), self._rank
         world = len(members)
+        if not min_gain >= 0:
+            raise InvalidArgumentError(f"min_gain must be >= 0, got {min_gain!r}")
+        # Each member's row: its bandwidth to every member, the pool it would open to each, and the
+        # pool it has now; gathered, every member decides alike.
+        row = np.zeros(2 * world + 1, np.float64)
+        row[world : 2 * world] = self._connections or 0
+        row[2 * world] = self._ring_connections
         if bandwidths is None:
             probe_bytes = _positive_int("probe_bytes", probe_bytes, MAX_PROBE_BYTES)
-            row = np.zeros(world, np.float64)
-            streams = self._connections or 4
             for shift in range(1, world):
                 self.agree_max(0, TAG_PROBE)  # the previous round has ended everywhere
                 target = members[(rank + shift) % world]
                 try:
-                    row[(rank + shift) % world] = measure_bandwidth(
-                        target["host"],
-                        target["port"],
-                        probe_bytes,
-                        streams,
-                        probe_timeout=self.timeout,
-                        group=self.peer_group,
-                        epoch=epoch,
-                        sender=self.peer_id,
-                        receiver=target["id"],
-                        secret=self._secret,
-                        timeout=LINK_TIMEOUT,
-                    )
+                    estimate = self._probe(target, epoch, probe_bytes)
                 except (CommError, OSError) as error:
                     self._abandon(epoch, f"probing the link to {target['id'][:8]} failed: {error}", error)
-            matrix = self.all_gather_async(row, tag=TAG_BANDWIDTH, internal=True).wait()
+                column = (rank + shift) % world
+                row[column] = estimate.bandwidth
+                if self._connections is None:
+                    row[world + column] = self._pool_size(estimate.round_trip, estimate.bandwidth)
+            rows = self.all_gather_async(row, tag=TAG_BANDWIDTH, internal=True).wait().reshape(world, -1)
+            matrix = np.ascontiguousarray(rows[:, :world])
         else:
             matrix = np.asarray(bandwidths, np.float64)
             if matrix.shape != (world, world):
@@ -672,8 +698,8 @@ class Communicator:
             ).wait()
             if len(set(digests.reshape(-1).tolist())) != 1:
                 raise InvalidArgumentError("the members passed different bandwidth matrices")
-        if not min_gain >= 0:
-            raise InvalidArgumentError(f"min_gain must be >= 0, got {min_gain!r}")
+            rows = self.all_gather_async(row, tag=TAG_BANDWIDTH, internal=True).wait().reshape(world, -1)
+            rows[:, world : 2 * world] = 0  # nothing measured: every pool stays as it is
         order = best_ring(matrix.tolist())
         (best_bottleneck, best_time), (bottleneck, time_per_byte) = (
             score(order, matrix.tolist()),
@@ -684,12 +710,58 @@ class Communicator:
         )
         if not faster:
             order, best_bottleneck = list(range(world)), bottleneck
-        plan = RingPlan([members[index]["id"] for index in order], matrix, best_bottleneck, False)
-        if faster:
+        # A link's pool: what its sender measured it needs, or the one it has (no measurement).
+        current = [int(rows[index, 2 * world]) for index in range(world)]
+        pools = [
+            int(rows[a, world + b]) or (current[a] if b == (a + 1) % world else 0)
+            for a, b in zip(order, order[1:] + order[:1])
+        ]
+        # A pool too small caps its link; one over twice the need only costs the hosts' CPU, and
+        # one a connection or so too large is left alone (a measurement near a boundary).
+        resized = any(
+            pool and (pool > current[sender] or 2 * pool <= current[sender])
+            for pool, sender in zip(pools, order)
+        )
+        if not (faster or resized):
+            pools = [current[sender] for sender in order]
+        plan = RingPlan([members[index]["id"] for index in order], matrix, best_bottleneck, False, pools)
+        with self._lock:  # what later epochs size their pools from (churn, the next call)
+            if self._connections is None:
+                self._measured_pools.update(
+                    (members[index]["id"], int(rows[rank, world + index]))
+                    for index in range(world)
+                    if rows[rank, world + index] > 0
+                )
+        if faster or resized:
             self._send_control(Message.UPDATE_TOPOLOGY, {"epoch": epoch, "order": plan.order})
             self._wait_for_epoch_after(epoch, self.timeout if timeout is None else timeout)
             plan.changed = True
         return plan
+
+    def _probe(self, target: dict, epoch: int, probe_bytes: int) -> LinkEstimate:
+        """Measures the link to ``target`` over ``connections`` streams; with ``connections=None``
+        over PROBE_STREAMS, and again over AUTO_CONNECTIONS_MAX when the pool sized from what they
+        measured would need as many: a rate they reached may be their windows' limit, not the
+        link's."""
+        streams = self._connections or PROBE_STREAMS
+        while True:
+            estimate = measure_bandwidth(
+                target["host"],
+                target["port"],
+                probe_bytes,
+                streams,
+                probe_timeout=self.timeout,
+                group=self.peer_group,
+                epoch=epoch,
+                sender=self.peer_id,
+                receiver=target["id"],
+                secret=self._secret,
+                timeout=LINK_TIMEOUT,
+            )
+            needed = self._pool_size(estimate.round_trip, estimate.bandwidth)
+            if self._connections is not None or needed < streams or streams == AUTO_CONNECTIONS_MAX:
+                return estimate
+            streams = AUTO_CONNECTIONS_MAX
 
     def _abandon(self, epoch: int, reason: str, cause: BaseException) -> None:
         """Ends ``epoch`` for a failure outside an operation and raises its one Aborted once the
@@ -970,9 +1042,9 @@ class Communicator:
             self._mark_evicted(f"epoch {epoch} does not include this peer")
             return
         rank = ids.index(self.peer_id)
-        engine, failure = None, None
+        engine, pool, failure = None, 0, None
         try:
-            engine = self._build_ring(epoch, entries, rank)
+            engine, pool = self._build_ring(epoch, entries, rank)
         except (CommError, OSError) as error:
             failure = f"could not form the ring of epoch {epoch}: {error}"
         # Segments of peers that left without cleaning up (killed) would stay in /dev/shm.
@@ -989,6 +1061,7 @@ class Communicator:
             for old in [e for e in self._decisions if e < old_epoch - 16]:
                 del self._decisions[old]
             self._epoch, self._members, self._rank, self._engine = epoch, entries, rank, engine
+            self._ring_connections = pool
             self._admitted = admitted
             # Only members of the failed epoch are owed the notice (not peers admitted now).
             if isinstance(body.get("failed"), int) and old_epoch != 0 and self._owes_abort is None:
@@ -998,16 +1071,17 @@ class Communicator:
         if failure is not None:
             self._report_failure(epoch, failure)
 
-    def _build_ring(self, epoch: int, members: list[dict], rank: int) -> Any:
+    def _build_ring(self, epoch: int, members: list[dict], rank: int) -> tuple[Any, int]:
+        """This epoch's ring engine and the size of the pool to the next peer."""
         world = len(members)
         if world == 1:
-            return _ft.RingEngine([], [], 0, 1, segment_bytes=self._segment_bytes)
+            return _ft.RingEngine([], [], 0, 1, segment_bytes=self._segment_bytes), 0
         after = members[(rank + 1) % world]
         before = members[(rank - 1) % world]
         links = open_ring_pool(
             after["host"],
             after["port"],
-            self._connections if self._connections is not None else self._pool_size,
+            self._connections or self._measured_pools.get(after["id"]) or self._pool_size,
             group=self.peer_group,
             epoch=epoch,
             sender=self.peer_id,
@@ -1029,12 +1103,13 @@ class Communicator:
             segment_bytes=self._segment_bytes,
             shared_memory_names=self._shared_memory_names(epoch, members),
             **({} if self._spin_microseconds is None else {"spin_microseconds": self._spin_microseconds}),
-        )
+        ), len(links)
 
-    def _pool_size(self, round_trip: float) -> int:
+    def _pool_size(self, round_trip: float, bandwidth: float | None = None) -> int:
         """Connections to the next peer for ``connections=None``: enough that their windows cover the
-        bandwidth-delay product of the link (one TCP flow moves at most its window per round trip)."""
-        product = self.link_bandwidth * round_trip
+        bandwidth-delay product of the link (one TCP flow moves at most its window per round trip);
+        ``bandwidth`` defaults to ``link_bandwidth``."""
+        product = (self.link_bandwidth if bandwidth is None else bandwidth) * round_trip
         return max(1, min(AUTO_CONNECTIONS_MAX, math.ceil(product / _window_per_connection())))
 
     def _shared_memory_names(self, epoch: int, members: list[dict]) -> list[str]:
