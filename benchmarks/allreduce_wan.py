@@ -11,16 +11,24 @@ hold two communicators, one per pycomm group:
   buffer limits; it also runs the int8 all-reduces (``quantization="int8"``);
 - ``single``: ``connections=1``, one connection per operation, the scheme of PCCL;
 
-and the physical anchor is plain TCP over the same ring of links, all links at once, with 1 and
-with 4 streams per link (a sender and a receiver per link, started for each repetition).
+and the physical anchors are plain TCP over the same ring of links, all links at once: with 1 and
+with 4 streams per link in a steady state (a sender and a receiver per link, started for each
+repetition), and moving once the very bytes the pool's and the int8 all-reduce sent (``once``,
+``once-int8``: as many persistent connections per link as the pool, every link starting at one
+instant).
 
-A repetition of a pycomm system is one all-reduce of ``size`` bytes of float32 on every peer after a
-barrier; its time is the slowest peer's. Every one of them is checked on every peer: integer-valued
-inputs that differ per rank and per repetition, compared element by element with their exact sum
-(int8: every element within the bound ``Communicator.all_reduce`` documents), and the result's hash
-compared across peers (the same bytes everywhere). A TCP repetition counts the bytes each receiver
-got during a window after a warm-up (slow start left out); its figure is the slowest link's. The
-systems' repetitions are interleaved, in an order that rotates each round; figures are medians.
+A repetition of a pycomm system is one all-reduce of ``size`` bytes of float32 on every peer, all
+starting at one instant of the machine's monotonic clock (which the namespaces share) that a barrier
+agreed on; its time is the slowest peer's, from that instant. (Timed from each peer's own exit from
+a barrier, it would include the barrier's skew: the peers leave it up to a one-way delay apart, and
+one that starts early waits for the others' bytes.) Every one of them is checked on every peer:
+integer-valued inputs that differ per rank and per repetition, compared element by element with
+their exact sum (int8: every element within the bound ``Communicator.all_reduce`` documents), and the
+result's hash compared across peers (the same bytes everywhere). A steady-state TCP repetition counts
+the bytes each receiver got during a window after a warm-up (slow start left out); its figure is the
+slowest link's. A one-shot TCP repetition is timed like a pycomm one, to the last byte on the slowest
+link. The systems' repetitions are interleaved, in an order that rotates each round; figures are
+medians.
 
 Bus bandwidth is ``2 (n - 1) / n * size`` bytes per all-reduce (what each peer's link carries in a
 ring), in Gbit/s, and is reported as a share of the link rate. For int8 the same unquantized bytes
@@ -72,13 +80,17 @@ __all__ = [
 MIB = 1 << 20
 PEER_MODULE = "pycomm.benchmarks.allreduce_wan_peer"
 
-SYSTEMS = ("auto", "single", "int8", "tcp1", "tcp4")
+SYSTEMS = ("auto", "single", "int8", "tcp1", "tcp4", "once", "once-int8")
 LABELS = {
     "auto": "pycomm all_reduce, connections=None, pool sized by optimize_topology() from the link measured",
     "single": "pycomm all_reduce, connections=1 (one connection per operation, PCCL's scheme)",
     "int8": "pycomm all_reduce(quantization='int8'), connections=None; effective rate of the float32 data",
     "tcp1": "plain TCP, 1 stream per ring link, every link at once",
     "tcp4": "plain TCP, 4 streams per ring link, every link at once",
+    "once": "plain TCP moving once, every link at once, the bytes the pool's all-reduce sends, over as many "
+    "persistent connections",
+    "once-int8": "the same, with the bytes the int8 all-reduce sends; the rate of the float32 data they "
+    "carry",
 }
 SHORT = {
     "auto": "pycomm pool",
@@ -86,8 +98,14 @@ SHORT = {
     "int8": "pycomm int8",
     "tcp1": "TCP 1 stream",
     "tcp4": "TCP 4 streams",
+    "once": "TCP once",
+    "once-int8": "TCP once, int8",
 }
+# The one-shot TCP anchors: the pycomm system whose bytes each moves.
+ONCE = {"once": "auto", "once-int8": "int8"}
 TCP_STREAMS = {"tcp1": 1, "tcp4": 4}
+# How long the links between the peers may take to go quiet after a steady-state TCP anchor.
+QUIET_LIMIT_S = 10.0
 # (system, peers, least share of the link rate) the benchmark is measured against, for 256 MiB.
 TARGETS = (("auto", 2, 0.9), ("auto", 4, 0.9), ("int8", 2, 3.5))
 TARGET_SIZE = 256 * MIB
@@ -185,14 +203,18 @@ class WanConfig:
 
 DEFINITIONS = {
     "bus_bytes": "2 (n - 1) / n x size_bytes for n peers: what crosses each peer's link in a ring all-reduce",
-    "seconds_per_call": "per repetition, the slowest peer's time for one all-reduce after a barrier "
-    "(rank_seconds: every peer's)",
+    "seconds_per_call": "per repetition, the slowest peer's time for one all-reduce, from an instant of "
+    "the shared monotonic clock every peer starts at (rank_seconds: every peer's)",
+    "barrier_skew_s": "per repetition, how far apart the peers left the barrier that agreed on the "
+    "instant (what timing from each peer's own exit would have added)",
+    "late_starts": "peers that left that barrier after the instant (timed from the instant all the same)",
     "gbps": "pycomm: bus_bytes x 8 / median seconds / 1e9 (int8: of the unquantized float32 bytes, the "
     "effective data rate); TCP: the median over repetitions of the slowest link's data rate",
     "link_ratio": "gbps / the link rate (rates count IP packets: TCP data is at most 96.5% of them)",
     "wire_fraction": "int8: the bytes sent / the unquantized bytes, (n / 2 + 1) / 8 (scales and headers "
     "aside)",
-    "ratios": "medians of the same run: auto / single, auto / tcp1, auto / tcp4, int8 / auto",
+    "ratios": "medians of the same run: auto / single, auto / tcp1, auto / tcp4, int8 / auto, auto / once, "
+    "int8 / once-int8",
     "verified": "every timed all-reduce on every peer: integer-valued inputs that differ per rank and "
     "repetition, compared element by element with the exact sum (int8: within the documented bound, "
     "max_error and bound reported), and the result's hash equal on every peer",
@@ -352,28 +374,72 @@ def _measure_tcp(net: Any, peers: int, streams: int, config: WanConfig, workdir:
             argv = ["tcp-send", "--to", to, "--streams", str(streams), "--seconds", str(seconds)]
             senders.append(_Process(net, source, argv, f"tcp-send-{source}", workdir))
         rates = _answers(receivers, _START_TIMEOUT + seconds, "the TCP receivers' figures")
-        return [float(rate["bits_per_second"]) for rate in rates]
     finally:
         for process in receivers + senders:
             process.kill()
             process.close()
             process.popen.wait(timeout=10)
-        _wait_until_quiet(net, config)
+    if not _wait_until_quiet(net, config):
+        raise BenchmarkFailed(
+            f"the links between the peers still carried packets {QUIET_LIMIT_S:g} s after the TCP "
+            "anchor's senders were killed: the next measurement would share them"
+        )
+    return [float(rate["bits_per_second"]) for rate in rates]
 
 
-def _wait_until_quiet(net: Any, config: WanConfig, limit: float = 10.0) -> None:
-    """Waits until no packet crosses the links for a round trip (at least 50 ms). Killed mid-stream,
-    the anchor's senders leave a bandwidth-delay product in flight and a router queue on every
-    link; the system measured next would otherwise share the links with it for its first ~0.1 s."""
+def _wait_until_quiet(net: Any, config: WanConfig) -> bool:
+    """Waits until no packet crosses the links between the peers for a round trip (at least 50 ms);
+    False if they are not quiet within QUIET_LIMIT_S. Killed mid-stream, the anchor's senders leave a
+    bandwidth-delay product in flight and a router queue on every link; the system measured next would
+    otherwise share the links with it for its first ~0.1 s. The master's links (slot 0) carry the
+    communicators' heartbeats all along and are not counted."""
     quiet = max(0.05, config.rtt)
-    deadline = time.monotonic() + limit
-    before = net.stats()["forwarded_packets"]
+    deadline = time.monotonic() + QUIET_LIMIT_S
+    before = _packets_between_peers(net)
     while time.monotonic() < deadline:
         time.sleep(quiet)
-        after = net.stats()["forwarded_packets"]
+        after = _packets_between_peers(net)
         if after == before:
-            return
+            return True
         before = after
+    return False
+
+
+def _packets_between_peers(net: Any) -> int:
+    links = net.stats()["links"]
+    return sum(
+        counters["forwarded_packets"]
+        for (source, destination), counters in links.items()
+        if source and destination
+    )
+
+
+def _start_once(net: Any, peers: int, streams: int, workdir: str) -> list[_Process]:
+    """The one-shot TCP anchor's programs, one a peer, each connected to the next peer of the ring."""
+    once = [
+        _Process(
+            net,
+            slot,
+            ["tcp-once", "--host", net.address(slot), "--streams", str(streams)],
+            f"once-{slot}",
+            workdir,
+        )
+        for slot in range(1, peers + 1)
+    ]
+    ports = _answers(once, _START_TIMEOUT, "the one-shot TCP programs to listen")
+    for k, process in enumerate(once):
+        following = (k + 1) % peers
+        process.send({"op": "connect", "to": f"{net.address(following + 1)}:{ports[following]['port']}"})
+    _answers(once, _START_TIMEOUT, "the one-shot TCP programs to connect")
+    return once
+
+
+def _run_once(once: list[_Process], wire: int, margin: float, timeout: float) -> list[dict[str, Any]]:
+    """Every link moves ``wire`` bytes at once, from one instant of the shared monotonic clock."""
+    start = time.monotonic() + margin
+    for process in once:
+        process.send({"op": "run", "bytes": wire, "start": start})
+    return _answers(once, timeout, "the one-shot TCP transfers")
 
 
 def _run_pycomm(processes: list[_Process], system: str, salt: int, timeout: float) -> list[dict[str, Any]]:
@@ -409,22 +475,29 @@ def _measure_case(config: WanConfig, peers: int, size: int, progress: Callable[[
                     "throughput",
                     *argv,
                     *("--host", net.address(slot), "--peers", str(peers)),
+                    *("--start-margin", str(max(0.5, 10 * config.rtt))),
                 ],
                 f"peer-{slot}",
                 workdir,
             )
             for slot in range(1, peers + 1)
         ]
+        once: list[_Process] = []
         try:
             hellos = _answers(processes, _START_TIMEOUT + timeout, f"{peers} peers to join both groups")
             if any(hello["first_check_wrong"] for hello in hellos):
                 raise BenchmarkFailed(f"the first all-reduce of {peers} peers was wrong: {hellos}")
+            streams = max(hello["auto_ring_connections"] for hello in hellos)
+            once = _start_once(net, peers, streams, workdir)
             samples: dict[str, list[Any]] = {system: [] for system in SYSTEMS}
             for round_index in range(config.warmup + config.repeat):
                 for offset in range(len(SYSTEMS)):
                     system = SYSTEMS[(round_index + offset) % len(SYSTEMS)]
                     if system in TCP_STREAMS:
                         sample: Any = _measure_tcp(net, peers, TCP_STREAMS[system], config, workdir)
+                    elif system in ONCE:
+                        wire = max(hello["wire_bytes"][ONCE[system]] for hello in hellos)
+                        sample = _run_once(once, wire, max(0.5, 10 * config.rtt), timeout)
                     else:
                         salt = 1 + round_index * len(SYSTEMS) + offset
                         sample = _run_pycomm(processes, system, salt, timeout)
@@ -435,12 +508,12 @@ def _measure_case(config: WanConfig, peers: int, size: int, progress: Callable[[
                     f"wan: {peers} peers, {format_size(size)}: round {round_index + 1} done"
                     + (" (warm-up)" if round_index < config.warmup else "")
                 )
-            for process in processes:
+            for process in processes + once:
                 process.send({"op": "exit"})
             closed = _answers(processes, 30.0, "the peers to leave")
             counters = net.stats()
         finally:
-            for process in processes:
+            for process in processes + once:
                 process.close()
     network = {key: counters[key] for key in _NETWORK_COUNTERS}
     return {**_summarise(config, peers, size, hellos, samples, closed), "network": network}
@@ -475,9 +548,26 @@ def _summarise(
         seconds = tuple(max(reply["seconds"] for reply in repetition) for repetition in replies)
         measurement = Measurement(LABELS[system], bus, 1, seconds)
         gbps = bus * 8 / measurement.median_s / 1e9
+        if system in ONCE:
+            results[system] = {
+                **measurement.to_json(),
+                "wire_bytes": max(hello["wire_bytes"][ONCE[system]] for hello in hellos),
+                "streams_per_link": max(hello["auto_ring_connections"] for hello in hellos),
+                "gbps": gbps,
+                "link_ratio": gbps * 1e9 / config.rate,
+                "verified": None,
+            }
+            del results[system]["calls_per_repeat"]
+            continue
         entry = {
             **measurement.to_json(),
             "rank_seconds": [[reply["seconds"] for reply in repetition] for repetition in replies],
+            "barrier_skew_s": [
+                max(reply["barrier_left"] for reply in repetition)
+                - min(reply["barrier_left"] for reply in repetition)
+                for repetition in replies
+            ],
+            "late_starts": sum(reply["late"] for repetition in replies for reply in repetition),
             "gbps": gbps,
             "link_ratio": gbps * 1e9 / config.rate,
             "verified": {
@@ -508,6 +598,8 @@ def _summarise(
             "auto/tcp1": gbps["auto"] / gbps["tcp1"],
             "auto/tcp4": gbps["auto"] / gbps["tcp4"],
             "int8/auto": gbps["int8"] / gbps["auto"],
+            "auto/once": gbps["auto"] / gbps["once"],
+            "int8/once-int8": gbps["int8"] / gbps["once-int8"],
         },
         "close_s": [reply.get("closed_s") for reply in closed],
     }
@@ -570,8 +662,10 @@ def _targets(config: WanConfig, cases: Sequence[dict[str, Any]]) -> list[dict[st
 
 TABLE_NOTES = (
     "Gbit/s: pycomm: bus bandwidth 2(n-1)/n x size x 8 / median time (int8: of the unquantized data, the "
-    "effective rate); TCP: data rate of the slowest ring link, every link busy at once; x link: Gbit/s / "
-    "the link rate (TCP data is at most 0.965 of it)",
+    "effective rate); TCP 1/4 streams: data rate of the slowest ring link, every link busy at once, after "
+    "a warm-up; TCP once: the same bus bandwidth (or effective rate) for plain TCP moving once, from one "
+    "instant, the bytes the pool's (int8's) all-reduce sends; x link: Gbit/s / the link rate (TCP data is "
+    "at most 0.965 of it)",
     "every timed all-reduce was checked on every peer: exact sums (int8: within the documented bound), "
     "the same bytes on every peer",
 )
@@ -579,12 +673,12 @@ TABLE_NOTES = (
 
 def _row(case: dict[str, Any], system: str) -> list[Any]:
     entry = case["results"][system]
-    if system in TCP_STREAMS:
+    if system in TCP_STREAMS or system in ONCE:
         return [
             case["peers"],
             format_size(case["size_bytes"]),
             SHORT[system],
-            "-",
+            entry.get("median_s", "-"),
             entry["gbps"],
             entry["link_ratio"],
             "-",

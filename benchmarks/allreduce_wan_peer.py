@@ -154,8 +154,12 @@ def throughput(args: argparse.Namespace) -> None:
         probe = _optimize(comms["auto"])
         # One checked all-reduce first: the ring of the complete group is up when the pool is counted.
         data = np.empty(args.elements, np.float32)
-        token = np.zeros(1, np.float32)
-        first = _timed(comms["auto"], data, token, None, 0)
+        token = np.zeros(1, np.float64)
+        sent = comms["auto"].bytes_sent
+        first = _timed(comms["auto"], data, token, None, 0, args.start_margin)
+        wire = {"auto": comms["auto"].bytes_sent - sent}
+        first_int8 = _timed(comms["auto"], data, token, "int8", 0, args.start_margin)
+        wire["int8"] = comms["auto"].bytes_sent - sent - wire["auto"]
         pool = outgoing_connections(master_host)
         comms["single"] = _join(args, *GROUPS["single"])
         pipe.send(
@@ -166,7 +170,8 @@ def throughput(args: argparse.Namespace) -> None:
                 "auto_pool_connections": pool,
                 "auto_ring_connections": comms["auto"].ring_connections,
                 **probe,
-                "first_check_wrong": first["wrong"],
+                "first_check_wrong": first["wrong"] + first_int8["wrong"],
+                "wire_bytes": wire,
                 "version": pycomm.__version__,
             }
         )
@@ -181,7 +186,9 @@ def throughput(args: argparse.Namespace) -> None:
                 pipe.send({"closed_s": time.perf_counter() - started})
                 return
             group, quantization = SYSTEMS[command["system"]]
-            pipe.send(_timed(comms[group], data, token, quantization, int(command["salt"])))
+            pipe.send(
+                _timed(comms[group], data, token, quantization, int(command["salt"]), args.start_margin)
+            )
     except Exception:
         pipe.send({"error": traceback.format_exc()[-3000:]})
         raise
@@ -202,19 +209,34 @@ def _optimize(comm: Any) -> dict[str, float]:
     return {"probe_s": took, "probe_gbps": float(measured) * 8e-9}
 
 
-def _timed(comm: Any, data: np.ndarray, token: np.ndarray, quantization: str | None, salt: int) -> dict:
-    """One all-reduce of this peer's input after a barrier (a one-element all-reduce), timed, then
-    checked."""
+def _timed(
+    comm: Any, data: np.ndarray, token: np.ndarray, quantization: str | None, salt: int, margin: float
+) -> dict:
+    """One all-reduce of this peer's input, timed from an instant every peer starts at, then checked.
+
+    A barrier leaves the peers up to a one-way delay apart (each leaves it when the last message
+    reaches it), and a peer that starts early waits for the others' bytes: timed from each peer's own
+    exit, the slowest peer's time would include that skew. The namespaces share the machine's
+    monotonic clock, so the barrier (a max all-reduce) agrees on an instant instead: ``margin``
+    seconds after the latest peer entered it (more than the barrier takes). Each peer sleeps until
+    then and is timed from it; one that left the barrier later (``late``) is timed from the instant
+    all the same, which can only make its time longer."""
     epoch, rank, world = comm.epoch, comm.rank, comm.world_size
     np.copyto(data, peer_input(rank, data.size, salt))
-    comm.all_reduce(token)
-    started = time.perf_counter()
+    token[0] = time.monotonic() + margin
+    comm.all_reduce(token, op="max")
+    left = time.monotonic()
+    start = float(token[0])
+    while time.monotonic() < start:
+        time.sleep(max(0.0, min(0.001, start - time.monotonic())))
     info = comm.all_reduce(data, quantization=quantization)
-    seconds = time.perf_counter() - started
+    seconds = time.monotonic() - start
     if (info.epoch, info.rank, info.world_size) != (epoch, rank, world):
         raise RuntimeError(f"the group changed during the measurement: epoch {epoch} -> {info.epoch}")
     return {
         "seconds": seconds,
+        "barrier_left": left,
+        "late": left > start,
         "rank": rank,
         "hash": f"{kernels.hash64(data):016x}",
         **_check(data, world, salt, quantization),
@@ -291,6 +313,70 @@ def fault(args: argparse.Namespace) -> None:
 # -- plain TCP -------------------------------------------------------------------------------
 
 
+def tcp_once(args: argparse.Namespace) -> None:
+    """Plain TCP moving what an all-reduce moves, once: ``streams`` persistent connections to the next
+    peer of the ring and as many from the previous one. Commands: ``connect`` (to the next peer),
+    ``run`` (at the instant ``start`` of the shared monotonic clock, send ``bytes`` split over the
+    connections and receive as many; reply the seconds from ``start`` until all arrived) and
+    ``exit``."""
+    pipe = _Pipe()
+    listener = socket.create_server((args.host, 0), backlog=args.streams)
+    pipe.send({"port": listener.getsockname()[1]})
+    listener.settimeout(START_TIMEOUT)
+    outgoing: list[socket.socket] = []
+    incoming: list[socket.socket] = []
+    try:
+        while (command := pipe.receive()) is not None and command["op"] != "exit":
+            if command["op"] == "connect":
+                host, port = command["to"].rsplit(":", 1)
+                dial = threading.Thread(target=_dial, args=(host, int(port), args.streams, outgoing))
+                dial.start()
+                incoming.extend(listener.accept()[0] for _ in range(args.streams))
+                dial.join()
+                pipe.send({"connected": len(outgoing)})
+            else:
+                seconds = _move_once(outgoing, incoming, int(command["bytes"]), float(command["start"]))
+                pipe.send({"seconds": seconds})
+    finally:
+        for connection in outgoing + incoming:
+            connection.close()
+
+
+def _dial(host: str, port: int, streams: int, into: list[socket.socket]) -> None:
+    into.extend(socket.create_connection((host, port), timeout=START_TIMEOUT) for _ in range(streams))
+
+
+def _move_once(
+    outgoing: list[socket.socket], incoming: list[socket.socket], total: int, start: float
+) -> float:
+    """At ``start``, sends ``total`` bytes over ``outgoing`` and receives as many over ``incoming``;
+    the seconds from ``start`` until the last byte arrived."""
+    share = total // len(outgoing)
+    payload = memoryview(bytes(share))
+    ends: list[float] = []
+
+    def receive(connection: socket.socket) -> None:
+        buffer, left = bytearray(1 << 20), share
+        while left:
+            got = connection.recv_into(buffer, min(left, len(buffer)))
+            if not got:
+                return  # counted below: a connection that ended early
+            left -= got
+        ends.append(time.monotonic())
+
+    while time.monotonic() < start:
+        time.sleep(max(0.0, min(0.001, start - time.monotonic())))
+    threads = [threading.Thread(target=c.sendall, args=(payload,)) for c in outgoing]
+    threads += [threading.Thread(target=receive, args=(c,)) for c in incoming]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if len(ends) != len(incoming):
+        raise RuntimeError("a connection from the previous peer ended early")
+    return max(ends) - start
+
+
 def tcp_receive(args: argparse.Namespace) -> None:
     """Accepts ``streams`` connections, drains them, and reports the bits a second that arrived
     during ``window`` seconds after ``warmup`` seconds (slow start left out)."""
@@ -357,20 +443,24 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--elements", type=int, required=True)
         sub.add_argument("--timeout", type=float, required=True)
     kinds.choices["throughput"].add_argument("--peers", type=int, required=True)
+    kinds.choices["throughput"].add_argument("--start-margin", type=float, required=True, help="seconds")
     kinds.choices["fault"].add_argument("--min-world", type=int, required=True)
     receive = kinds.add_parser("tcp-receive")
     receive.add_argument("--host", required=True)
     receive.add_argument("--streams", type=int, required=True)
     receive.add_argument("--warmup", type=float, required=True)
     receive.add_argument("--window", type=float, required=True)
+    once = kinds.add_parser("tcp-once")
+    once.add_argument("--host", required=True)
+    once.add_argument("--streams", type=int, required=True)
     send = kinds.add_parser("tcp-send")
     send.add_argument("--to", required=True)
     send.add_argument("--streams", type=int, required=True)
     send.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args(argv)
-    {"throughput": throughput, "fault": fault, "tcp-receive": tcp_receive, "tcp-send": tcp_send}[args.kind](
-        args
-    )
+    kinds_run = {"throughput": throughput, "fault": fault, "tcp-once": tcp_once}
+    kinds_run.update({"tcp-receive": tcp_receive, "tcp-send": tcp_send})
+    kinds_run[args.kind](args)
 
 
 if __name__ == "__main__":

@@ -106,12 +106,22 @@ def test_quick_wan_run_reports_every_system_with_checked_results(quick_run: tupl
                 continue
             assert len(entry["seconds_per_call"]) == repeat
             assert all(positive(seconds) for seconds in entry["seconds_per_call"])
+            if system in suite.ONCE:
+                # Plain TCP moves what the pycomm system sent, over as many connections as its pool.
+                assert entry["wire_bytes"] > 0 and entry["streams_per_link"] == max(
+                    case["auto_ring_connections"]
+                )
+                continue
+            assert entry["late_starts"] == 0 and len(entry["barrier_skew_s"]) == repeat
             verified = entry["verified"]
             assert verified["ok"] and verified["identical_on_every_peer"]
             assert verified["all_reduces"] == repeat * peers
             if system == "int8":
                 assert 0 < verified["max_error"] <= verified["bound"]
         assert all(positive(ratio) for ratio in case["ratios"].values())
+        # int8 sends about (n / 2 + 1) / 8 of the pool's bytes (scales and headers aside).
+        wire = case["results"]["once-int8"]["wire_bytes"] / case["results"]["once"]["wire_bytes"]
+        assert wire == pytest.approx((peers / 2 + 1) / 8, rel=0.05)
     assert {(t["system"], t["peers"]) for t in report["targets"]} == {
         (system, peers) for system, peers, _ in suite.TARGETS if peers in suite.QUICK_WAN_PEERS
     }

@@ -25,6 +25,13 @@
 namespace pycomm::ft {
 namespace {
 
+// Encoding the first chunk takes a while (128 MiB of float32 at 2 peers: ~10 ms): the records
+// already encoded are handed to the sockets after every this many, so the first leaves at once.
+// Every first-step record is still queued long before any record of a later step can exist (those
+// wait for the previous peer's records, a one-way delay away), so the order on the wire stays
+// reduce-scatter first.
+constexpr std::uint32_t kRecordsBetweenWrites = 8;
+
 std::uint32_t ring_position(std::int64_t value, std::uint32_t world) {
   const auto n = static_cast<std::int64_t>(world);
   return static_cast<std::uint32_t>(((value % n) + n) % n);
@@ -65,6 +72,7 @@ void RingEngine::start_quantized(const std::shared_ptr<RingOp>& op) {
     encode_record(o.spec().quantization, input_at(o, layout.segment_begin(first, segment)), o.spec().dtype, length,
                   record);
     queue_data(op, Phase::reduce_scatter, 0, segment, record, wire_record_bytes(o.spec().quantization, length));
+    if ((segment + 1) % kRecordsBetweenWrites == 0) write_available();
   }
 }
 

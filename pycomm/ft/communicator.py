@@ -423,6 +423,13 @@ class Communicator:
         """The connections this epoch's ring operations are striped over to the next peer (0 alone)."""
         return self._ring_connections
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this epoch's ring handed to its connections to the next peer, frame headers
+        included (0 at the start of each epoch; shared-memory all-reduces send none)."""
+        engine = self._engine
+        return 0 if engine is None else int(engine.bytes_sent)
+
     def connect(self, timeout: float | None = None) -> None:
         """Registers with the master and returns once this peer is a member of the group."""
         if self._channel is not None:
