@@ -309,17 +309,24 @@ def measure_bandwidth(
     most that many, and at most PROBE_SECONDS); its connections are then reset, since the bytes
     still queued would only delay what follows. Elsewhere, or when ``total_bytes`` end before a
     whole window was seen, the bytes are timed from the first until every receiver said it had
-    all. The round trip is the smallest TCP saw, where TCP_INFO gives it, else the time the
-    connections took to open. Each stream must end within ``probe_timeout`` seconds."""
-    started = time.perf_counter()
-    channels = _in_parallel([lambda: open_link(host, port, kind="probe", **link)[0]] * streams)
-    connect_round_trip = time.perf_counter() - started
+    all. The round trip is the smallest TCP saw, where TCP_INFO gives it, else the shortest time
+    TCP's connect took. Each stream must end within ``probe_timeout`` seconds."""
+    connects: list[float] = []
+
+    def opened(round_trip: float) -> int:  # what TCP's connect took; a probe link is a pool of 1
+        connects.append(round_trip)
+        return 1
+
+    def connect() -> Channel:
+        return open_link(host, port, kind="probe", stripes=opened, **link)[0]
+
+    channels = _in_parallel([connect] * streams)
     try:
         share = max(1, total_bytes // streams)
         payload = memoryview(bytes(min(share, PROBE_CHUNK)))
         stop = threading.Event()
 
-        def stream(channel: Channel) -> None:
+        def stream(channel: Channel) -> int:
             sent = 0
             while sent < share and not stop.is_set():
                 chunk = min(share - sent, len(payload))
@@ -329,9 +336,10 @@ def measure_bandwidth(
             if stop.is_set():
                 # Reset, not closed: what is still queued is discarded instead of sent.
                 channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                return
+                return sent
             channel.send(Message.PROBE, {"length": 0})
             channel.expect(Message.PROBE_DONE, timeout=probe_timeout)
+            return sent
 
         progress = _tcp_progress(channels)
         started = time.perf_counter()
@@ -342,15 +350,15 @@ def measure_bandwidth(
             )
             watcher.start()
         try:
-            _in_parallel([functools.partial(stream, channel) for channel in channels])
+            sent = sum(_in_parallel([functools.partial(stream, channel) for channel in channels]))
         finally:
             stop.set()
             if progress is not None:
                 watcher.join()
         rate, round_trip = watched[0] if watched else (0.0, 0.0)
-        return LinkEstimate(
-            rate or share * streams / (time.perf_counter() - started), round_trip or connect_round_trip
-        )
+        # Timed whole: exact when every stream ended with its receiver's word; after a stop, the
+        # bytes handed to the kernel (at most a send buffer a stream more than arrived).
+        return LinkEstimate(rate or sent / (time.perf_counter() - started), round_trip or min(connects))
     finally:
         for channel in channels:
             channel.close()
