@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from pycomm.errors import CommError, InvalidArgumentError
+from pycomm.errors import Aborted, CommError, InvalidArgumentError
 from pycomm.ft._links import MAX_PROBE_BYTES, PROBE_CHUNK, SETTLE_WINDOWS, _absorb_probe, _Settling
 from pycomm.ft._protocol import Channel, Message
 from pycomm.ft.ring_order import EXACT_LIMIT, best_ring, score
@@ -126,6 +126,41 @@ def test_without_tcp_info_a_probe_times_its_whole_transfer(monkeypatch: pytest.M
     for plan in plans:
         assert np.all(plan.bandwidth[~np.eye(2, dtype=bool)] > 0)
         assert len(plan.connections) == 2 and all(pool >= 1 for pool in plan.connections)
+
+
+def test_a_probe_that_fails_aborts_the_call_everywhere_and_the_next_call_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pycomm.ft import communicator
+
+    measure = communicator.measure_bandwidth
+    with local_group(3, shared_memory=False, link_bandwidth=1e6) as (_, comms):
+        broken = {comms[2].peer_id}
+
+        def flaky(*args, **link):  # the probes of one member fail, as if its link went down
+            if link["sender"] in broken:
+                raise CommError("the link went down")
+            return measure(*args, **link)
+
+        monkeypatch.setattr(communicator, "measure_bandwidth", flaky)
+        epoch = comms[0].epoch
+
+        def run(comm):
+            try:
+                comm.optimize_topology(probe_bytes=1 << 20, min_gain=1e9)
+            except Aborted as error:
+                return str(error)
+            return "no error"
+
+        errors = on_all(comms, run)
+        assert "probing the link to" in errors[2] and "the link went down" in errors[2], errors
+        assert all(error != "no error" for error in errors), errors  # every member is told
+        assert all(comm.epoch > epoch for comm in comms)
+        broken.clear()
+        plans = on_all(comms, lambda comm: comm.optimize_topology(probe_bytes=1 << 20, min_gain=1e9))
+        assert all(plan.order == plans[0].order for plan in plans)
+        sums = on_all(comms, lambda comm: (x := np.ones(8), comm.all_reduce(x))[0])
+        assert all(np.all(x == 3) for x in sums)
 
 
 def test_members_with_different_matrices_are_refused_everywhere() -> None:
