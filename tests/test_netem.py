@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -369,6 +370,41 @@ def test_tcp_over_a_lossy_link_arrives_whole_with_packets_lost_one_by_one(
         assert stats["relay_reads"] < stats["forwarded_packets"] / 3, stats
     else:
         assert stats["relay_reads"] >= stats["forwarded_packets"], stats
+
+
+# Floods one link for 2 s over 4 streams (no rate limit there: only their windows bound it).
+TCP_FLOOD = """
+import socket, sys, threading, time
+address, port = sys.argv[1], int(sys.argv[2])
+end = time.monotonic() + 2.0
+def send():
+    connection, data = socket.create_connection((address, port)), bytes(1 << 20)
+    try:
+        while time.monotonic() < end:
+            connection.sendall(data)
+    except OSError:
+        pass
+threads = [threading.Thread(target=send) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+
+
+@needs_namespaces
+def test_a_delay_line_cut_by_set_link_counts_every_packet_it_drops(programs: Programs) -> None:
+    with netem.Network(peers=2, rtt="100ms", backend="relay", offload=True) as net:
+        receiver = programs.start(net, 1, TCP_RECEIVER, 4, 30.0, 1.0)  # drains; its figure is not used
+        programs.start(net, 0, TCP_FLOOD, net.address(1), read_line(receiver))
+        time.sleep(1.2)  # the 100 ms delay line holds thousands of packets, in super-packets
+        net.set_link(0, 1, rtt="2ms", rate="10mbit")  # it shrinks to 1 MiB: the rest is dropped
+        time.sleep(3.0)
+        stats = net.stats()
+    assert stats["links"][0, 1]["dropped_queue_full"] > 100, stats["links"]
+    # Every packet read is forwarded, dropped for a reason or still queued: a super-packet dropped
+    # when its line shrank counts as every packet in it.
+    assert stats["relay_unaccounted"] == 0, stats
 
 
 def accounted(counters: dict[str, int]) -> int:

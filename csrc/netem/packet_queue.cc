@@ -25,7 +25,8 @@ PacketQueue::Header PacketQueue::header_at(std::size_t offset) const {
   return header;
 }
 
-bool PacketQueue::push(std::int64_t deadline_ns, const unsigned char* packet, std::uint32_t length) {
+bool PacketQueue::push(std::int64_t deadline_ns, const unsigned char* packet, std::uint32_t length,
+                       std::uint32_t packets) {
   const std::size_t bytes = record_bytes(length);
   if (bytes > capacity_) return false;
   // Allocated by the first packet, so that links nobody uses cost nothing.
@@ -42,12 +43,13 @@ bool PacketQueue::push(std::int64_t deadline_ns, const unsigned char* packet, st
   } else if (used_ + bytes > capacity_) {
     return false;
   }
-  const Header header{deadline_ns, length, 0};
+  const Header header{deadline_ns, length, packets};
   std::memcpy(storage_.get() + tail_, &header, sizeof header);
   std::memcpy(storage_.get() + tail_ + sizeof header, packet, length);
   tail_ += bytes;
   used_ += bytes;
-  ++packets_;
+  ++records_;
+  packets_ += packets;
   return true;
 }
 
@@ -58,10 +60,12 @@ const unsigned char* PacketQueue::head_data() const { return storage_.get() + he
 std::uint32_t PacketQueue::head_length() const { return header_at(head_).length; }
 
 void PacketQueue::pop() {
-  const std::size_t bytes = record_bytes(head_length());
+  const Header head = header_at(head_);
+  const std::size_t bytes = record_bytes(head.length);
   head_ += bytes;
   used_ -= bytes;
-  if (--packets_ == 0) {
+  packets_ -= head.packets;
+  if (--records_ == 0) {
     // Start over at the beginning: an empty ring never needs to wrap.
     head_ = tail_ = used_ = 0;
     return;
@@ -81,7 +85,8 @@ std::size_t PacketQueue::resize(std::size_t capacity_bytes) {
   PacketQueue resized(capacity_bytes);
   std::size_t dropped = 0;
   while (!empty()) {
-    if (!resized.push(head_deadline(), head_data(), head_length())) ++dropped;
+    const Header head = header_at(head_);
+    if (!resized.push(head.deadline_ns, head_data(), head.length, head.packets)) dropped += head.packets;
     pop();
   }
   *this = std::move(resized);

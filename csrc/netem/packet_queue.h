@@ -19,28 +19,30 @@ class PacketQueue {
  public:
   explicit PacketQueue(std::size_t capacity_bytes = 0);
 
-  // Appends a packet that may leave at `deadline_ns` (CLOCK_MONOTONIC). False when it does not
+  // Appends a packet that may leave at `deadline_ns` (CLOCK_MONOTONIC); `packets` is how many
+  // packets it stands for (a segmentation-offload super-packet: several). False when it does not
   // fit: the caller counts a drop, as a router does when its buffer is full.
-  bool push(std::int64_t deadline_ns, const unsigned char* packet, std::uint32_t length);
+  bool push(std::int64_t deadline_ns, const unsigned char* packet, std::uint32_t length, std::uint32_t packets = 1);
 
-  bool empty() const { return packets_ == 0; }
+  bool empty() const { return records_ == 0; }
   std::int64_t head_deadline() const;
   const unsigned char* head_data() const;
   std::uint32_t head_length() const;
   void pop();
 
   // Moves the queued packets into a ring of another size, dropping from the tail what no longer
-  // fits; returns how many were dropped. Used only when a link's settings change.
+  // fits; returns how many packets were dropped (a super-packet counts as the packets it stands
+  // for). Used only when a link's settings change.
   std::size_t resize(std::size_t capacity_bytes);
 
   std::size_t capacity_bytes() const { return capacity_; }
-  std::size_t queued_packets() const { return packets_; }
+  std::size_t queued_packets() const { return packets_; }  // super-packets count as what they stand for
 
  private:
   struct Header {
     std::int64_t deadline_ns;
     std::uint32_t length;
-    std::uint32_t unused;
+    std::uint32_t packets;
   };
 
   static std::size_t record_bytes(std::uint32_t length);
@@ -54,6 +56,7 @@ class PacketQueue {
   std::size_t head_ = 0;  // offset of the oldest record
   std::size_t tail_ = 0;  // where the next record goes
   std::size_t used_ = 0;  // bytes between head and tail, the unused end of a wrap included
+  std::size_t records_ = 0;
   std::size_t packets_ = 0;
 };
 

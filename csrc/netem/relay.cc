@@ -334,7 +334,7 @@ void Relay::route(Forwarder& forwarder, const unsigned char* frame, std::uint32_
 void Relay::enqueue(Forwarder& forwarder, std::size_t index, std::int64_t deadline_ns, const unsigned char* frame,
                     std::uint32_t length, std::uint32_t segments) {
   Link& onward = *links_[index];
-  if (!onward.queue.push(deadline_ns, frame, length)) {
+  if (!onward.queue.push(deadline_ns, frame, length, segments)) {
     onward.counters.dropped_queue_full += segments;
     return;
   }

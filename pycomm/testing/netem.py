@@ -783,7 +783,9 @@ class Network:
         buffer: the rate limiter's, and the relay's delay line; ``dropped_other`` packets lost
         elsewhere (a device ring the relay did not empty in time, packets to no peer);
         ``relay_reads`` (relay backend) the frames the relay read, fewer than the packets it received
-        when offload groups them. Each call runs ``tc`` and ``ip`` once per peer.
+        when offload groups them; ``relay_unaccounted`` the packets the relay read that it neither
+        forwarded, dropped (for loss, a full queue, a refused write, no route) nor still holds in a
+        delay line: 0 unless its books are wrong. Each call runs ``tc`` and ``ip`` once per peer.
         """
         with self._lock:
             self._check_open()
@@ -796,12 +798,15 @@ class Network:
                 relay = json.loads(self._relay.command("stats"))
                 dropped_other += relay["unroutable"]
                 extra["relay_reads"] = relay["received_frames"]
+                unaccounted = relay["received_packets"] - relay["unroutable"]
                 for entry in relay["links"]:
                     counters = links[entry["source"], entry["destination"]]
                     for key in ("forwarded_packets", "forwarded_bytes", "dropped_loss"):
                         counters[key] = entry[key]
                     counters["dropped_queue_full"] += entry["dropped_queue_full"]
                     dropped_other += entry["dropped_write"]
+                    unaccounted -= sum(entry[key] for key in _RELAY_FATES)
+                extra["relay_unaccounted"] = unaccounted
         totals: dict[str, Any] = {
             key: sum(counters[key] for counters in links.values()) for key in _LINK_COUNTERS
         }
@@ -892,6 +897,8 @@ class Network:
 
 
 _LINK_COUNTERS = ("forwarded_packets", "forwarded_bytes", "dropped_loss", "dropped_queue_full")
+# What becomes of a packet the relay read for a link (its per-link counters, in packets).
+_RELAY_FATES = ("forwarded_packets", "dropped_loss", "dropped_queue_full", "dropped_write", "queued_packets")
 
 
 # ----- every exit path closes the open networks -----
