@@ -338,7 +338,9 @@ def measure_bandwidth(
                 channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return sent
             channel.send(Message.PROBE, {"length": 0})
-            channel.expect(Message.PROBE_DONE, timeout=probe_timeout)
+            arrived = field(channel.expect(Message.PROBE_DONE, timeout=probe_timeout), "bytes", int)
+            if arrived != sent:
+                raise CommError(f"a probe link received {arrived} bytes of {sent}")
             return sent
 
         progress = _tcp_progress(channels)
