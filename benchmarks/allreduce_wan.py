@@ -208,6 +208,11 @@ DEFINITIONS = {
     "barrier_skew_s": "per repetition, how far apart the peers left the barrier that agreed on the "
     "instant (what timing from each peer's own exit would have added)",
     "late_starts": "peers that left that barrier after the instant (timed from the instant all the same)",
+    "held_s": "pycomm, the median over repetitions of the instant the last peer held the whole result "
+    "(OpInfo.held_seconds, from the start instant)",
+    "committed_s": "the same for the instant the last peer knew every peer held it (the ring barrier that "
+    "ends every operation: OpInfo.committed_seconds); from there to seconds_per_call, the copy of the "
+    "result into the caller's array",
     "gbps": "pycomm: bus_bytes x 8 / median seconds / 1e9 (int8: of the unquantized float32 bytes, the "
     "effective data rate); TCP: the median over repetitions of the slowest link's data rate",
     "link_ratio": "gbps / the link rate (rates count IP packets: TCP data is at most 96.5% of them)",
@@ -568,6 +573,8 @@ def _summarise(
                 for repetition in replies
             ],
             "late_starts": sum(reply["late"] for repetition in replies for reply in repetition),
+            "held_s": statistics.median(max(reply["held_s"] for reply in rep) for rep in replies),
+            "committed_s": statistics.median(max(reply["committed_s"] for reply in rep) for rep in replies),
             "gbps": gbps,
             "link_ratio": gbps * 1e9 / config.rate,
             "verified": {
@@ -720,6 +727,13 @@ def format_wan_report(document: dict[str, Any]) -> str:
             f"{'/'.join(map(str, pools))} connection(s) to the next peer (optimize_topology() measured "
             f"{min(probed):.3f}-{max(probed):.3f} Gbit/s to it in {max(case['probe_s']):.1f} s)"
         )
+        phases = [
+            f"{SHORT[system]} held {entry['held_s']:.3f} s, committed {entry['committed_s']:.3f} s, returned "
+            f"{entry['median_s']:.3f} s"
+            for system, entry in case["results"].items()
+            if "held_s" in entry
+        ]
+        parts.append(f"  where the time went (slowest peer, medians): {'; '.join(phases)}")
     target_rows = [
         [
             f"{SHORT[t['system']]}, {t['peers']} peers, {format_size(t['size_bytes'])}",

@@ -229,12 +229,15 @@ def _timed(
     start = float(token[0])
     while time.monotonic() < start:
         time.sleep(max(0.0, min(0.001, start - time.monotonic())))
+    called = time.monotonic()
     info = comm.all_reduce(data, quantization=quantization)
     seconds = time.monotonic() - start
     if (info.epoch, info.rank, info.world_size) != (epoch, rank, world):
         raise RuntimeError(f"the group changed during the measurement: epoch {epoch} -> {info.epoch}")
     return {
         "seconds": seconds,
+        "held_s": called - start + info.held_seconds,
+        "committed_s": called - start + info.committed_seconds,
         "barrier_left": left,
         "late": left > start,
         "rank": rank,

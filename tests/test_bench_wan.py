@@ -113,6 +113,8 @@ def test_quick_wan_run_reports_every_system_with_checked_results(quick_run: tupl
                 )
                 continue
             assert entry["late_starts"] == 0 and len(entry["barrier_skew_s"]) == repeat
+            # Each peer holds the result, then knows every peer does, then returns.
+            assert 0 < entry["held_s"] <= entry["committed_s"] <= entry["median_s"], system
             verified = entry["verified"]
             assert verified["ok"] and verified["identical_on_every_peer"]
             assert verified["all_reduces"] == repeat * peers
@@ -132,6 +134,7 @@ def test_quick_wan_run_reports_every_system_with_checked_results(quick_run: tupl
         assert all(positive(sample) for sample in faults[key]["samples_s"]), key
     for label in suite.SHORT.values():
         assert label in stdout
+    assert "where the time went" in stdout
     assert "SIGKILL -> survivors' first correct all-reduce" in stdout
 
 

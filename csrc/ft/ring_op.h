@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,10 @@ class RingOp {
   // True once this peer holds the whole result (it may still wait for the others to hold theirs).
   bool has_result() const;
   std::string error() const;
+  // When this peer came to hold the whole result, and when the operation ended (completed: every
+  // peer holds it; or failed); nullopt until then.
+  std::optional<std::chrono::steady_clock::time_point> held_at() const;
+  std::optional<std::chrono::steady_clock::time_point> finished_at() const;
   // Copies the result into `destination` (result_bytes() bytes). Allowed when completed, or after a
   // failure when has_result() is true and the group decided to keep it. Nothing to copy when
   // `destination` is the buffer a shared-memory all-reduce wrote its result into.
@@ -157,6 +162,8 @@ class RingOp {
   OpStatus status_ = OpStatus::running;
   bool has_result_ = false;
   std::string error_;
+  std::optional<std::chrono::steady_clock::time_point> held_at_;
+  std::optional<std::chrono::steady_clock::time_point> finished_at_;
 };
 
 }  // namespace pycomm::ft

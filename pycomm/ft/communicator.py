@@ -97,13 +97,18 @@ RECOVERY_WAIT = 30.0
 
 @dataclasses.dataclass(frozen=True)
 class OpInfo:
-    """What an in-place collective returns."""
+    """What an in-place collective returns. ``seconds`` runs from the call to its return;
+    ``held_seconds`` until this peer held the whole result, ``committed_seconds`` until it knew
+    every peer held it (the ring barrier that ends every operation; None for a result kept after a
+    failure). What follows ``committed_seconds`` is the copy of the result into the caller's buffer."""
 
     epoch: int
     world_size: int
     rank: int
     tag: int
     seconds: float
+    held_seconds: float | None = None
+    committed_seconds: float | None = None
 
 
 def _like_input(template: Any, array: np.ndarray, dtype: str) -> Any:
@@ -794,12 +799,22 @@ class Communicator:
 
     def _copy_back(self, array: np.ndarray) -> Callable[[Any], OpInfo]:
         flat = array.reshape(-1)
-        started = time.perf_counter()
+        started = time.monotonic()
         epoch, world, rank = self._epoch, self.world_size, self._rank
 
         def result(handle: Any) -> OpInfo:
             handle.copy_result(flat)
-            return OpInfo(epoch, world, rank, handle.tag, time.perf_counter() - started)
+            held, finished = handle.held_at, handle.finished_at
+            committed = finished if handle.status == "completed" else None
+            return OpInfo(
+                epoch,
+                world,
+                rank,
+                handle.tag,
+                time.monotonic() - started,
+                None if held is None else held - started,
+                None if committed is None else committed - started,
+            )
 
         return result
 
