@@ -6,6 +6,7 @@ correct all-reduce afterwards), measuring real links on loopback, and refusing i
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 
@@ -96,6 +97,33 @@ def test_optimize_topology_moves_the_group_onto_the_faster_ring() -> None:
         assert other.order == plan.order and other_members == members
         assert other_x.tobytes() == x.tobytes()
     np.testing.assert_array_equal(x, np.arange(1000, dtype=np.float32) * 10)
+
+
+def test_members_that_pass_different_min_gains_decide_alike() -> None:
+    # The best ring is 20% faster: only a member asking for less than that would move; all use the
+    # largest min_gain, so none does (a member that moved alone would wait for the others in vain).
+    with local_group(3, shared_memory=False) as (_, comms):
+        matrix = np.full((3, 3), 1e9)
+        matrix[0][1] = 1e9 / 1.2
+
+        def run(comm):
+            epoch = comm.epoch
+            plan = comm.optimize_topology(bandwidths=matrix, min_gain=0.05 if comm.rank == 0 else 0.5)
+            return plan.changed, epoch, comm.epoch
+
+        results = on_all(comms, run, timeout=30)
+    assert all(not changed and epoch == after for changed, epoch, after in results)
+
+
+def test_a_group_of_one_has_no_ring_to_optimize() -> None:
+    with local_group(1, connections=2) as (_, (comm,)):
+        epoch = comm.epoch
+        for _ in range(2):
+            plan = comm.optimize_topology()
+            assert not plan.changed and comm.epoch == epoch
+        x = np.arange(10, dtype=np.float32)
+        comm.all_reduce(x)
+        np.testing.assert_array_equal(x, np.arange(10, dtype=np.float32))
 
 
 def test_optimize_topology_measures_every_link_on_loopback() -> None:
@@ -213,10 +241,43 @@ def test_a_rate_that_keeps_growing_has_not_settled() -> None:
     assert settling.rate == settling.best  # nothing after the best window: its own rate
 
 
+def test_windows_before_the_first_acknowledged_byte_are_no_plateau() -> None:
+    # Streams that start late (a busy machine) show empty windows first: no settling at rate 0.
+    settling = _Settling(0.0, 0)
+    feed(settling, [0.0] * 200 + [50e6] * 200)
+    assert settling.settled and settling.rate == pytest.approx(50e6, rel=0.01)
+
+
 def test_no_rate_before_a_whole_window() -> None:
     settling = _Settling(0.0, 0)
     feed(settling, [1e9] * 10)  # 0.1 s of a 0.2 s window
     assert settling.rate == 0 and not settling.settled
+
+
+def test_a_link_whose_pool_cannot_be_sized_closes_its_socket() -> None:
+    from pycomm.ft._links import open_link
+
+    def refuse(round_trip: float) -> int:
+        raise InvalidArgumentError(f"no pool for a round trip of {round_trip} s")
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            with pytest.raises(InvalidArgumentError, match="no pool for a round trip"):
+                open_link(
+                    "127.0.0.1",
+                    port,
+                    kind="ring",
+                    group=0,
+                    epoch=1,
+                    sender="a",
+                    receiver="b",
+                    secret=None,
+                    timeout=5.0,
+                    stripes=refuse,
+                )
+        assert len(os.listdir("/proc/self/fd")) == before
 
 
 @pytest.mark.parametrize(

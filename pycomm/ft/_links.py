@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any, Callable, TypeVar
@@ -38,6 +39,8 @@ HANDSHAKE_TIMEOUT = 5.0
 # The most bytes one probe connection accepts, and the chunk a probe is sent in.
 MAX_PROBE_BYTES = 1 << 30
 PROBE_CHUNK = 1 << 20
+# What a probe stream hands the kernel at a time, checking between pieces whether the probe is over.
+PROBE_PIECE = 64 << 10
 PROBE_TIMEOUT = 60.0
 # A probe stops once its rate has settled (no window of SETTLE_WINDOW_RTTS round trips, at least
 # MIN_SETTLE_WINDOW seconds, beat the best by SETTLE_GAIN for SETTLE_WINDOWS windows in a row), after
@@ -242,7 +245,7 @@ def _tcp_progress(channels: list[Channel]) -> tuple[int, float] | None:
     seconds: the path's own, without the queues the probe fills) from TCP_INFO; None where the
     platform does not give them."""
     option = getattr(socket, "TCP_INFO", None)
-    if option is None:
+    if option is None or not sys.platform.startswith("linux"):  # the offsets are Linux's struct
         return None
     acked, round_trip = 0, float("inf")
     for channel in channels:
@@ -276,7 +279,7 @@ class _Settling:
         if rate > self.best * (1 + SETTLE_GAIN):
             self.best, self.flat = rate, 0
             self.plateau_start, self.plateau_acked = now, acked
-        else:
+        elif self.best > 0:  # windows before the first acknowledged byte are no plateau
             self.flat += 1
         self.window_start, self.window_acked = now, acked
 
@@ -310,7 +313,8 @@ def measure_bandwidth(
     still queued would only delay what follows. Elsewhere, or when ``total_bytes`` end before a
     whole window was seen, the bytes are timed from the first until every receiver said it had
     all. The round trip is the smallest TCP saw, where TCP_INFO gives it, else the shortest time
-    TCP's connect took. Each stream must end within ``probe_timeout`` seconds."""
+    TCP's connect took. Each message and piece of a stream must go out, and each receiver answer,
+    within ``probe_timeout`` seconds."""
     connects: list[float] = []
 
     def opened(round_trip: float) -> int:  # what TCP's connect took; a probe link is a pool of 1
@@ -331,8 +335,14 @@ def measure_bandwidth(
             while sent < share and not stop.is_set():
                 chunk = min(share - sent, len(payload))
                 channel.send(Message.PROBE, {"length": chunk})
-                channel.send_raw(payload[:chunk], timeout=probe_timeout)
-                sent += chunk
+                # In pieces, so that a stop is seen within a piece's time even on a slow link (the
+                # reset below ends a chunk cut short; its receiver sees the link fail and stops).
+                for begin in range(0, chunk, PROBE_PIECE):
+                    if stop.is_set():
+                        break
+                    piece = min(PROBE_PIECE, chunk - begin)
+                    channel.send_raw(payload[begin : begin + piece], timeout=probe_timeout)
+                    sent += piece
             if stop.is_set():
                 # Reset, not closed: what is still queued is discarded instead of sent.
                 channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -360,7 +370,11 @@ def measure_bandwidth(
         rate, round_trip = watched[0] if watched else (0.0, 0.0)
         # Timed whole: exact when every stream ended with its receiver's word; after a stop, the
         # bytes handed to the kernel (at most a send buffer a stream more than arrived).
-        return LinkEstimate(rate or sent / (time.perf_counter() - started), round_trip or min(connects))
+        elapsed = time.perf_counter() - started
+        bandwidth = rate or sent / elapsed
+        if not bandwidth > 0:
+            raise CommError(f"the probe measured no bandwidth: no byte crossed the link in {elapsed:.1f} s")
+        return LinkEstimate(bandwidth, round_trip or min(connects))
     finally:
         for channel in channels:
             channel.close()
@@ -369,7 +383,7 @@ def measure_bandwidth(
 def _watch(channels: list[Channel], stop: threading.Event, started: float, acked: int) -> tuple[float, float]:
     """Samples the probe's acknowledged bytes until its rate settles (then stops the streams) or they
     stop; returns the settled rate (0 when no whole window was seen: a probe too short to time this
-    way) and the last round trip TCP measured."""
+    way) and the smallest round trip TCP measured."""
     settling = _Settling(started, acked)
     round_trip = 0.0
     while True:
@@ -435,9 +449,13 @@ def open_link(
     except OSError as error:
         raise CommError(f"cannot reach peer {receiver[:8]} at {host}:{port}: {error}") from error
     round_trip = time.perf_counter() - started
-    if callable(stripes):
-        stripes = stripes(round_trip)
-    configure_stream(sock)
+    try:
+        if callable(stripes):
+            stripes = stripes(round_trip)
+        configure_stream(sock)
+    except BaseException:
+        sock.close()
+        raise
     channel = Channel(sock)
     try:
         challenge = channel.expect(Message.LINK_CHALLENGE, timeout=timeout)

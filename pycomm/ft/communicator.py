@@ -100,7 +100,8 @@ class OpInfo:
     """What an in-place collective returns. ``seconds`` runs from the call to its return;
     ``held_seconds`` until this peer held the whole result, ``committed_seconds`` until it knew
     every peer held it (the ring barrier that ends every operation; None for a result kept after a
-    failure). What follows ``committed_seconds`` is the copy of the result into the caller's buffer."""
+    failure). What follows ``committed_seconds`` is mostly the copy of the result into the caller's
+    buffer (a shared-memory all-reduce wrote it there as it went)."""
 
     epoch: int
     world_size: int
@@ -221,7 +222,8 @@ class RingPlan:
     bottleneck: float
     changed: bool
     # The pool of each link of the ring, connections[k] from order[k] to order[k + 1], as measured
-    # (0: a new link with nothing measured, sized when the ring forms).
+    # (0: a new link this call measured nothing for; the ring sizes it as it forms, from an earlier
+    # measurement of that link if there is one, else from link_bandwidth and the connect time).
     connections: list[int] = dataclasses.field(default_factory=list)
 
 
@@ -658,10 +660,12 @@ class Communicator:
         and 16 when 8 may have been too few), one peer at a time, all members at once in a pattern
         where no two probes share a sender or a receiver. A probe stops once its rate has settled
         (about a second over a long-fat link; see :func:`pycomm.ft._links.measure_bandwidth`), and
-        sends at most ``probe_bytes``. ``bandwidths`` (a members x members matrix in rank order, the
-        same on every member) skips the measurement. The ring changes only when the best order is
-        faster than the current one by more than ``min_gain`` (0.1: a 10% larger bottleneck, or as
-        large a one and 10% less time per byte), so measurement noise does not reorder it.
+        sends at most ``probe_bytes`` (a link probed again over 16 streams gets a second probe).
+        ``bandwidths`` (a members x members matrix in rank order, the same on every member) skips
+        the measurement. The ring changes only when the best order is faster than the current one
+        by more than ``min_gain`` (0.1: a 10% larger bottleneck, or as large a one and 10% less time
+        per byte), so measurement noise does not reorder it; members that pass different values
+        all use the largest.
 
         With ``connections=None``, each link's pool is then sized from what was measured (its
         bandwidth times its round trip over one connection's window); when a pool of the chosen
@@ -679,11 +683,13 @@ class Communicator:
         world = len(members)
         if not min_gain >= 0:
             raise InvalidArgumentError(f"min_gain must be >= 0, got {min_gain!r}")
-        # Each member's row: its bandwidth to every member, the pool it would open to each, and the
-        # pool it has now; gathered, every member decides alike.
-        row = np.zeros(2 * world + 1, np.float64)
+        # Each member's row: its bandwidth to every member, the pool it would open to each, the
+        # pool it has now and its min_gain; gathered, every member decides alike (with the largest
+        # min_gain: members that passed different ones must still agree).
+        row = np.zeros(2 * world + 2, np.float64)
         row[world : 2 * world] = self._connections or 0
         row[2 * world] = self._ring_connections
+        row[2 * world + 1] = min_gain
         if bandwidths is None:
             probe_bytes = _positive_int("probe_bytes", probe_bytes, MAX_PROBE_BYTES)
             for shift in range(1, world):
@@ -712,6 +718,7 @@ class Communicator:
                 raise InvalidArgumentError("the members passed different bandwidth matrices")
             rows = self.all_gather_async(row, tag=TAG_BANDWIDTH, internal=True).wait().reshape(world, -1)
             rows[:, world : 2 * world] = 0  # nothing measured: every pool stays as it is
+        min_gain = float(rows[:, 2 * world + 1].max())
         order = best_ring(matrix.tolist())
         (best_bottleneck, best_time), (bottleneck, time_per_byte) = (
             score(order, matrix.tolist()),
@@ -730,7 +737,8 @@ class Communicator:
         ]
         # A pool too small caps its link; one over twice the need only costs the hosts' CPU, and
         # one a connection or so too large is left alone (a measurement near a boundary).
-        resized = any(
+        # (A group of one has no ring to resize.)
+        resized = world > 1 and any(
             pool and (pool > current[sender] or 2 * pool <= current[sender])
             for pool, sender in zip(pools, order)
         )
