@@ -1,6 +1,6 @@
 """pycomm.ft refuses what breaks its protocol, and only that: wrong secrets, another protocol
 version, truncated, oversized and random frames at the master and at a peer's data port, garbage
-on a ring link. Each is refused with a clear error while the group keeps working. The decoders are
+and forged data frames or barrier tokens on a ring link. Each is refused with a clear error while the group keeps working. The decoders are
 fuzzed with thousands of inputs."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ import contextlib
 import json
 import socket
 import struct
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -199,6 +202,7 @@ def test_garbage_on_a_ring_link_fails_the_operation_with_a_protocol_error() -> N
         (dict(length=12), "bytes for a segment"),
         (dict(count=999), "disagree"),
         (dict(step=5), "step 5"),
+        (dict(step=0xFFFFFFFF, length=0), "step 4294967295"),  # step + 1 would wrap to 0
         (dict(segment=9), "segment 9"),
         (dict(root=9), "unknown wire quantization 9"),
         (dict(root=1), "disagree"),  # int8 on the wire, while this peer sends the values
@@ -229,6 +233,92 @@ def test_forged_data_frames_are_refused_with_what_was_wrong(header: dict, messag
     engine.abort("done")
     b.close()
     c.close()
+
+
+@contextlib.contextmanager
+def previous_peer_of_rank_0(world: int, connections: int = 1) -> Iterator[tuple[Any, list[socket.socket]]]:
+    """A ring engine of rank 0 whose previous peer is the test: yields the engine and the sockets
+    to send it frames on (what it sends the next peer goes unread)."""
+    to_next, unread = socket.socketpair()
+    pairs = [socket.socketpair() for _ in range(connections)]
+    engine = _ft.RingEngine([to_next.detach()], [theirs.detach() for _, theirs in pairs], 0, world)
+    try:
+        yield engine, [ours for ours, _ in pairs]
+    finally:
+        engine.abort("done")
+        for sock in (unread, *(ours for ours, _ in pairs)):
+            sock.close()
+
+
+def test_a_forged_step_on_the_wire_of_a_quantized_all_reduce_is_refused() -> None:
+    with previous_peer_of_rank_0(2) as (engine, (prev,)):
+        x = np.ones(100_000, np.float32)
+        op = engine.submit("all_reduce", x, "float32", "sum", x.size, 0, 0, quantization="int8")
+        # root carries the wire quantization (1: int8); an empty frame of step 2**32 - 1.
+        prev.sendall(
+            _ft.encode_data_header(1, "all_reduce", "float32", "sum", 1, 0xFFFFFFFF, 0, 0, x.size, 0, 0)
+        )
+        assert op.wait(10) == "failed"
+        assert "step 4294967295" in op.error
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_a_small_all_reduce_refuses_reduce_scatter_frames(early: bool) -> None:
+    # At most 16 KiB: the inputs are gathered in one pass, and there is no reduce-scatter to place
+    # such a frame in (it once went to a buffer that was never allocated).
+    with previous_peer_of_rank_0(2) as (engine, (prev,)):
+        forged = _ft.encode_data_header(1, "all_reduce", "float32", "sum", 0, 0, 0, 0, 10, 0, 40) + bytes(40)
+        if early:
+            prev.sendall(forged)
+        op = engine.submit("all_reduce", np.ones(10, np.float32), "float32", "sum", 10, 0, 0)
+        if not early:
+            prev.sendall(forged)
+        assert op.wait(10) == "failed"
+        assert "gathers its inputs in one pass" in op.error
+
+
+def test_a_barrier_token_sent_twice_is_refused() -> None:
+    # Rank 0 of a ring of 3: the inputs of ranks 2 and 1 arrive, then two tokens that both say they
+    # travelled one hop. Counted, they would let rank 0 return without word from rank 1 (the one
+    # two hops back).
+    with previous_peer_of_rank_0(3) as (engine, (prev,)):
+        op = engine.submit("all_reduce", np.ones(10, np.float32), "float32", "sum", 10, 0, 0)
+        for step in (0, 1):
+            prev.sendall(
+                _ft.encode_data_header(2, "all_reduce", "float32", "sum", 0, step, 0, 0, 10, 0, 40)
+                + bytes(40)
+            )
+        token = _ft.encode_data_header(4, "all_reduce", "float32", "sum", 0, 1, 0, 0, 10, 0, 0)
+        prev.sendall(token + token)
+        assert op.wait(10) == "failed"
+        assert "barrier token of 1 hop(s)" in op.error and "twice" in op.error
+
+
+def test_a_frame_that_arrives_after_its_operation_finished_is_refused() -> None:
+    # A pool of two connections from the previous peer. The header of a frame for the second
+    # operation of tag 0 arrives on the first connection before that operation starts; the
+    # operation then gets all it needs on the second one and finishes; the first frame's payload
+    # completes afterwards: one frame too many, not one to keep for later.
+    count, half = 10_000, 20_000  # 40 KB: a ring all-reduce; each chunk one segment of 5000 floats
+
+    def header(phase: int, sequence: int, length: int) -> bytes:
+        hops = 1 if phase == 4 else 0
+        return _ft.encode_data_header(
+            phase, "all_reduce", "float32", "sum", 0, hops, 0, sequence, count, 0, length
+        )
+
+    with previous_peer_of_rank_0(2, connections=2) as (engine, (first, second)):
+        first.sendall(header(1, 1, half))  # its payload comes later
+        for sequence in (0, 1):
+            op = engine.submit("all_reduce", np.ones(count, np.float32), "float32", "sum", count, 0, 0)
+            second.sendall(header(1, sequence, half) + bytes(half) + header(2, sequence, half) + bytes(half))
+            second.sendall(header(4, sequence, 0))
+            assert op.wait(10) == "completed", op.error
+        first.sendall(bytes(half))
+        deadline = time.monotonic() + 10
+        while not engine.failed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "which already finished" in engine.failure
 
 
 def test_early_frames_read_at_once_on_a_pool_count_against_one_limit() -> None:

@@ -118,7 +118,8 @@ void RingEngine::deliver_quantized(const std::shared_ptr<RingOp>& op, Phase phas
     o.receives_left_--;
     return;
   }
-  // This peer owns the chunk: its input, exact, plus every other peer's record, in float32.
+  // This peer owns the chunk: its input (exact up to float32: a float64 input is rounded to it),
+  // plus every other peer's record, in float32.
   auto* sum = reinterpret_cast<float*>(o.wire_scratch_.data());
   float* scratch = sum + layout.segment_elements;
   if (spec.dtype == DType::f32) {

@@ -154,10 +154,12 @@ std::shared_ptr<RingOp> RingEngine::submit(const OpSpec& spec, const void* input
       PYCOMM_ENFORCE_TYPE(NotSupported, shared_memory_in_flight_ < kShmSlots, "at most ", kShmSlots,
                           " shared-memory all-reduces may be in flight at once on a peer; wait for one "
                           "first, or create the Communicator with shared_memory=False");
-      shared_memory_in_flight_++;
     }
-    op = std::make_shared<RingOp>(spec, state.submitted++, rank_, world_, options_.segment_bytes, input,
+    // Built before any count changes: a RingOp that cannot be built (its buffers) leaves no trace.
+    op = std::make_shared<RingOp>(spec, state.submitted, rank_, world_, options_.segment_bytes, input,
                                   shared ? in_place : nullptr);
+    state.submitted++;
+    if (shared) shared_memory_in_flight_++;
     latest_[spec.tag] = op;
     if (stopping_) {
       op->finish(OpStatus::failed, failure_);
@@ -432,11 +434,17 @@ void RingEngine::replay(const EarlyFrame& frame) {
 // started while its payload was being read: then it is delivered now, else kept for start().
 // Its bytes were reserved against max_early_bytes when its header arrived (see place()).
 void RingEngine::stash_early(EarlyFrame frame) {
-  if (active_.count({frame.header.spec.tag, frame.header.sequence}) != 0) {
+  const DataHeader& h = frame.header;
+  if (active_.count({h.spec.tag, h.sequence}) != 0) {
     early_bytes_ -= frame.payload.size() + kEarlyFrameOverhead;
     replay(frame);
     return;
   }
+  // It started and finished without this frame: the frame was one too many.
+  auto started = started_.find(h.spec.tag);
+  PYCOMM_ENFORCE_TYPE(ProtocolError, started == started_.end() || h.sequence >= started->second, "rank ",
+                      ring_index(std::int64_t{rank_} - 1, world_), " sent a frame for ", h.spec.describe(), " #",
+                      h.sequence, ", which already finished on rank ", rank_);
   early_[{frame.header.spec.tag, frame.header.sequence}].push_back(std::move(frame));
 }
 
@@ -496,9 +504,13 @@ unsigned char* RingEngine::place(Incoming& in) {
   PYCOMM_ENFORCE_TYPE(ProtocolError, has_phase(h.spec.collective, h.phase), "rank ", prev, " sent a ",
                       static_cast<int>(h.phase), " frame, which ", h.spec.describe(), " does not have");
   if (h.phase == Phase::barrier) {
-    PYCOMM_ENFORCE_TYPE(ProtocolError,
-                        h.length == 0 && h.step >= 1 && h.step < world_ && op.tokens_received_ + 1 < world_,
-                        "rank ", prev, " sent an invalid barrier frame for ", h.spec.describe());
+    // One token from every other peer: each has travelled a different number of hops.
+    PYCOMM_ENFORCE_TYPE(ProtocolError, h.length == 0 && h.step >= 1 && h.step < world_, "rank ", prev,
+                        " sent an invalid barrier frame for ", h.spec.describe());
+    op.tokens_seen_.resize(world_, 0);
+    PYCOMM_ENFORCE_TYPE(ProtocolError, op.tokens_seen_[h.step] == 0, "rank ", prev, " sent the barrier token of ",
+                        h.step, " hop(s) for ", h.spec.describe(), " twice");
+    op.tokens_seen_[h.step] = 1;
     return nullptr;
   }
   const ChunkLayout& layout = op.layout_;
@@ -511,7 +523,7 @@ unsigned char* RingEngine::place(Incoming& in) {
     PYCOMM_ENFORCE_TYPE(ProtocolError, h.step == 0 && rank_ != op.spec().root, "rank ", prev,
                         " sent broadcast data to its root");
   } else {
-    PYCOMM_ENFORCE_TYPE(ProtocolError, h.step + 1 < world_, "rank ", prev, " sent step ", h.step, " of ",
+    PYCOMM_ENFORCE_TYPE(ProtocolError, h.step < world_ - 1, "rank ", prev, " sent step ", h.step, " of ",
                         h.spec.describe(), " on a ring of ", world_);
     if (h.phase == Phase::reduce_scatter) {
       chunk = reduce_scatter_chunk(rank_, h.step, world_);
@@ -536,6 +548,10 @@ unsigned char* RingEngine::place(Incoming& in) {
   const std::uint64_t expected = layout.segment_length(chunk, h.segment) * item;
   PYCOMM_ENFORCE_TYPE(ProtocolError, h.length == expected, "rank ", prev, " sent ", h.length,
                       " bytes for a segment of ", expected, " bytes");
+  // A small all-reduce only gathers (RingOp): it has no reduce-scatter buffer to receive into.
+  PYCOMM_ENFORCE_TYPE(ProtocolError, !op.gathers_ || h.phase == Phase::all_gather, "rank ", prev, " sent a ",
+                      static_cast<int>(h.phase), " frame for ", h.spec.describe(),
+                      ", which gathers its inputs in one pass");
   op.received_[index] = 1;
   return base + layout.segment_begin(chunk, h.segment) * item;
 }

@@ -20,8 +20,11 @@ const char* collective_name(Collective collective) {
 }
 
 bool OpSpec::same_operation(const OpSpec& other) const {
-  return collective == other.collective && dtype == other.dtype && op == other.op && root == other.root &&
-         count == other.count && tag == other.tag && quantization == other.quantization;
+  // The root means something to a broadcast only (an all-reduce's frames carry the wire
+  // quantization in its place).
+  return collective == other.collective && dtype == other.dtype && op == other.op &&
+         (collective != Collective::broadcast || root == other.root) && count == other.count && tag == other.tag &&
+         quantization == other.quantization;
 }
 
 std::string OpSpec::describe() const {

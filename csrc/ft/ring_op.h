@@ -154,6 +154,7 @@ class RingOp {
   std::uint64_t sends_queued_ = 0;  // frames queued and not yet fully written
   std::vector<unsigned char> received_;  // one flag per expected data frame, to refuse duplicates
   std::uint32_t tokens_received_ = 0;
+  std::vector<unsigned char> tokens_seen_;  // by hops travelled (1 to world - 1): one token each
   std::vector<std::uint32_t> held_tokens_;  // barrier tokens to forward once this peer is done
   bool data_done_ = false;
 

@@ -8,7 +8,7 @@
 //        5     1  collective
 //        6     1  dtype
 //        7     1  reduce op
-//        8     4  root (broadcast); wire quantization (all_reduce, ring_op.h)
+//        8     4  root (broadcast); wire quantization (all_reduce, wire_codec.h)
 //       12     4  step (reduce-scatter / all-gather step; hops travelled for a barrier token)
 //       16     8  tag
 //       24     8  sequence of the operation among those with this tag in the epoch

@@ -1,5 +1,7 @@
 #include "ft/wire_codec.h"
 
+#include <cstring>
+
 #include "common/error.h"
 #include "kernels/quantize.h"
 #include "kernels/reduce.h"
@@ -70,10 +72,13 @@ std::size_t wire_record_bytes(WireQuantization quantization, std::uint64_t eleme
 
 void encode_record(WireQuantization quantization, const void* source, DType dtype, std::uint64_t elements,
                    unsigned char* record) {
+  // The padding is sent too: zeros, not what the scratch buffer held before.
   if (quantization == WireQuantization::fp16 || quantization == WireQuantization::bf16) {
+    std::memset(record + 2 * elements, 0, padded(2 * elements) - 2 * elements);
     kernels::cast(record, half_of(quantization), source, dtype, elements);
     return;
   }
+  std::memset(record + elements, 0, padded(elements) - elements);
   kernels::QuantizeOptions options;
   options.scheme = scheme_of(quantization);
   options.block_size = kWireBlock;
