@@ -1,7 +1,7 @@
 """pycomm.ft refuses what breaks its protocol, and only that: wrong secrets, another protocol
 version, truncated, oversized and random frames at the master and at a peer's data port, garbage
-and forged data frames or barrier tokens on a ring link. Each is refused with a clear error while the group keeps working. The decoders are
-fuzzed with thousands of inputs."""
+and forged data frames or barrier tokens on a ring link. Each is refused with a clear error while
+the group keeps working. The decoders are fuzzed with thousands of inputs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import json
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from pycomm._native import core
 from pycomm.errors import AuthenticationError, CommError, InvalidArgumentError, ProtocolError
 from pycomm.ft import Communicator, Master
-from pycomm.ft._protocol import PROTOCOL_VERSION, Channel, Message
+from pycomm.ft._protocol import PROTOCOL_VERSION, Channel, Message, verify
 from pycomm.testing.ft import local_group, on_all
 
 _transport = core.transport
@@ -128,8 +129,59 @@ MALFORMED = {
             }
         ).encode(),
     ),
+    "HELLO with a host name no peer can connect to": frame(
+        int(Message.HELLO),
+        json.dumps(
+            {
+                "version": PROTOCOL_VERSION,
+                "peer_id": "a",
+                "peer_group": 0,
+                "host": "x" * 64,  # a label IDNA cannot encode
+                "port": 7000,
+                "nonce": "",
+            }
+        ).encode(),
+    ),
+    # JSON the decoder refuses with something other than a JSONDecodeError:
+    "a number of 5000 digits": frame(int(Message.HELLO), b'{"version": ' + b"9" * 5000 + b"}"),
+    "arrays nested 100000 deep": frame(int(Message.HELLO), b"[" * 100_000),
     "random bytes": bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8)),
 }
+
+
+def test_a_mac_that_is_not_ascii_is_refused_as_a_wrong_secret() -> None:
+    with pytest.raises(AuthenticationError):
+        verify(b"secret", "\u00e9" * 64, "nonce", "hello")
+
+
+def test_a_send_ends_at_its_timeout_while_another_thread_waits_to_read() -> None:
+    # The reader waits without a deadline while the other side reads nothing: each send must still
+    # give up after its own timeout (one timeout setting for both directions could make it wait for
+    # ever, holding the master's lock).
+    ours, theirs = socket.socketpair()
+    channel = Channel(ours)
+
+    def wait_to_read() -> None:
+        with contextlib.suppress(CommError):  # the other side closes at the end
+            channel.receive(None)
+
+    reading = threading.Thread(target=wait_to_read, daemon=True)
+    reading.start()
+    outcome: list[BaseException] = []
+
+    def flood() -> None:
+        try:
+            while True:
+                channel.send(Message.HEARTBEAT, {"pad": "x" * 60_000}, timeout=0.5)
+        except CommError as error:
+            outcome.append(error)
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    sender.join(30)
+    assert outcome and "could be sent" in str(outcome[0]), outcome
+    theirs.close()
+    reading.join(5)
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))

@@ -86,6 +86,43 @@ def _open_descriptors() -> int:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count file descriptors")
+def test_a_peer_whose_fetch_failed_part_way_does_not_vote(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pycomm.ft.shared_state as shared_state
+
+    with local_group(3, shared_memory=False) as (_, comms):
+        states = {c.peer_id: SharedState({"w": np.zeros(1000)}, revision=0) for c in comms}
+        on_all(comms, lambda c: c.sync_shared_state(states[c.peer_id]))
+        fetcher = comms[0].peer_id
+        states[fetcher].arrays["w"][:] = 5.0  # ranks 1 and 2 outvote it: it fetches their zeros
+        for state in states.values():
+            state.revision = 1
+
+        def broken_fetch(comm, holder, jobs, errors):  # a holder dies half way through
+            for _, target, _ in jobs:
+                target[: len(target) // 2] = bytes([7]) * (len(target) // 2)
+            errors.append("the holder went away")
+
+        monkeypatch.setattr(shared_state, "_fetch_from", broken_fetch)
+        with pytest.raises(CommError, match="the holder went away"):
+            on_all(comms, lambda c: c.sync_shared_state(states[c.peer_id]))
+        monkeypatch.undo()
+        assert not np.all(states[fetcher].arrays["w"] == 5.0)  # part written
+        # One holder leaves: the part-written peer and the last holder would tie 1:1, and the tie
+        # goes to the lower rank; but the part-written one does not vote.
+        comms[2].close()
+
+        def sync(comm):
+            while True:
+                try:
+                    return comm.sync_shared_state(states[comm.peer_id])
+                except Aborted:
+                    continue
+
+        on_all(comms[:2], sync)
+        for comm in comms[:2]:
+            assert np.all(states[comm.peer_id].arrays["w"] == 0.0)
+
+
 def test_repeated_failures_leak_no_descriptor_or_thread() -> None:
     import threading
 

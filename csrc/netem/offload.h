@@ -1,7 +1,7 @@
 // Segmentation offload across the relay: TUN devices opened with a virtio-net header hand the relay
 // a TCP/IPv4 "super-packet" of up to 64 KiB that the sending kernel would otherwise have cut into
 // MSS-sized packets, and accept one back on the receiving side, which the receiving TCP takes like
-// a packet its NIC coalesced. One read and one write then move up to ~44 packets, not one each.
+// a packet its NIC coalesced. One read and one write then move up to ~45 packets, not one each.
 //
 // The links still act on packets: a frame stands for `segments` packets, each of which the relay
 // drops with the link's loss probability; when one is lost, the survivors around it leave as

@@ -17,6 +17,8 @@ std::size_t round_up(std::size_t bytes) { return (bytes + kAlignment - 1) / kAli
 
 PacketQueue::PacketQueue(std::size_t capacity_bytes) : capacity_(round_up(capacity_bytes)) {}
 
+std::size_t PacketQueue::capacity_for(std::size_t bytes) { return round_up(bytes); }
+
 std::size_t PacketQueue::record_bytes(std::uint32_t length) { return round_up(sizeof(Header) + length); }
 
 PacketQueue::Header PacketQueue::header_at(std::size_t offset) const {

@@ -36,6 +36,10 @@ class PacketQueue {
   std::size_t resize(std::size_t capacity_bytes);
 
   std::size_t capacity_bytes() const { return capacity_; }
+  // The capacity a queue asked for `bytes` gets (rounded up), and the room a frame of `length`
+  // bytes takes in it.
+  static std::size_t capacity_for(std::size_t bytes);
+  static std::size_t record_bytes(std::uint32_t length);
   std::size_t queued_packets() const { return packets_; }  // super-packets count as what they stand for
 
  private:
@@ -45,7 +49,6 @@ class PacketQueue {
     std::uint32_t packets;
   };
 
-  static std::size_t record_bytes(std::uint32_t length);
   Header header_at(std::size_t offset) const;
   // After the head record was consumed: skip the unused end of the ring if the next record
   // starts over at offset 0.

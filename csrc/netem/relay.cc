@@ -164,11 +164,15 @@ void Relay::set_link(std::size_t source, std::size_t destination, const LinkSett
   PYCOMM_ENFORCE(settings.delay_ns >= 0, "delay must not be negative, got ", settings.delay_ns, " ns");
   PYCOMM_ENFORCE(settings.loss >= 0 && settings.loss <= 1, "loss must be a probability in [0, 1], got ",
                  settings.loss);
-  PYCOMM_ENFORCE(settings.queue_bytes >= kMaxPacketBytes && settings.queue_bytes <= kMaxQueueBytes, "queue must hold ",
-                 kMaxPacketBytes, " to ", kMaxQueueBytes, " bytes, got ", settings.queue_bytes);
+  // At least one record of the largest frame, or frames that large would never fit.
+  const std::size_t least = PacketQueue::record_bytes(kMaxFrameBytes);
+  PYCOMM_ENFORCE(settings.queue_bytes >= least && settings.queue_bytes <= kMaxQueueBytes, "queue must hold ", least,
+                 " to ", kMaxQueueBytes, " bytes, got ", settings.queue_bytes);
   Link& changed = *links_[link_index(source, destination)];
   std::lock_guard<std::mutex> lock(forwarders_[source]->mutex);
-  if (settings.queue_bytes != changed.queue.capacity_bytes()) {
+  // The capacity is kept rounded up: compare alike, so that changing only the delay or the loss
+  // does not copy the queue into a new one.
+  if (PacketQueue::capacity_for(settings.queue_bytes) != changed.queue.capacity_bytes()) {
     changed.counters.dropped_queue_full += changed.queue.resize(settings.queue_bytes);
   }
   changed.settings = settings;

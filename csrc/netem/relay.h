@@ -13,7 +13,7 @@
 // packet, so threads writing into one device do not interleave). Every frame costs a read and a
 // write system call, and the receiving namespace's TCP runs inside that write: one thread for all
 // devices could not keep up with several peers at 1 Gbit/s, and the kernel dropped what waited in
-// the devices' rings. With offload (offload.h) a frame is a TCP super-packet of up to ~44
+// the devices' rings. With offload (offload.h) a frame is a TCP super-packet of up to ~45
 // packets, each still lost on its own: that took plain TCP over a 2-peer ring at 1 Gbit/s and
 // 50 ms on 2 cores from 0.69 to 0.96 of the rate. The calling thread serves the control stream
 // (see control.h); a command that touches a link takes its forwarder's lock, which the forwarder

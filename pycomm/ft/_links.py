@@ -446,8 +446,8 @@ def open_link(
     started = time.perf_counter()
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as error:
-        raise CommError(f"cannot reach peer {receiver[:8]} at {host}:{port}: {error}") from error
+    except (OSError, ValueError) as error:  # ValueError: a host name IDNA cannot encode
+        raise CommError(f"cannot reach peer {receiver[:8]} at {host!r:.80}:{port}: {error}") from error
     round_trip = time.perf_counter() - started
     try:
         if callable(stripes):

@@ -20,6 +20,7 @@ import hmac
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -75,7 +76,8 @@ def sign(secret: bytes | None, nonce: str, *parts: Any) -> str:
 def verify(secret: bytes | None, mac: Any, nonce: str, *parts: Any) -> None:
     if secret is None:
         return
-    if not isinstance(mac, str) or not hmac.compare_digest(mac, sign(secret, nonce, *parts)):
+    expected = sign(secret, nonce, *parts)
+    if not isinstance(mac, str) or not mac.isascii() or not hmac.compare_digest(mac, expected):
         raise AuthenticationError("the other side did not prove knowledge of the group secret")
 
 
@@ -99,8 +101,18 @@ def field(message: dict, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _set_socket_timeout(sock: socket.socket, option: int, seconds: float | None) -> None:
+    """SO_SNDTIMEO / SO_RCVTIMEO: None waits for ever (the kernel's 0)."""
+    micro = 0 if seconds is None else max(1, round(seconds * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", micro // 1_000_000, micro % 1_000_000))
+
+
 class Channel:
-    """A framed connection over a Python socket: one reader thread, senders serialised by a lock."""
+    """A framed connection over a Python socket: one reader thread, senders serialised by a lock.
+
+    The socket blocks, and each direction has its own kernel timeout (SO_SNDTIMEO, SO_RCVTIMEO):
+    Python's settimeout() is one setting for both, and a reader waiting without a deadline would
+    otherwise make a concurrent send wait for ever."""
 
     def __init__(self, sock: socket.socket, max_payload: int = MAX_CONTROL_PAYLOAD) -> None:
         self.sock = sock
@@ -108,27 +120,27 @@ class Channel:
         self._send_lock = threading.Lock()
         self._closed = False
         configure_stream(sock)
+        sock.settimeout(None)
 
     def send(self, kind: Message, body: dict | None = None, timeout: float = 5.0) -> None:
         payload = json.dumps(body or {}, separators=(",", ":")).encode()
         frame = _transport.encode_frame(int(kind), payload)
-        with self._send_lock:
-            try:
-                self.sock.settimeout(timeout)
-                self.sock.sendall(frame)
-            except OSError as error:
-                self.close()
-                raise CommError(f"sending {kind.name} failed: {error}") from error
+        self._send(frame, timeout, kind.name)
 
     def send_raw(self, data: memoryview, timeout: float = 30.0) -> None:
         """Bytes that a message announced, sent as they are (no frame)."""
+        self._send(data, timeout, f"{len(data)} bytes")
+
+    def _send(self, data: bytes | memoryview, timeout: float, what: str) -> None:
         with self._send_lock:
             try:
-                self.sock.settimeout(timeout)
+                _set_socket_timeout(self.sock, socket.SO_SNDTIMEO, timeout)
                 self.sock.sendall(data)
-            except OSError as error:
+            except OSError as error:  # BlockingIOError: the timeout passed
                 self.close()
-                raise CommError(f"sending {len(data)} bytes failed: {error}") from error
+                timed_out = isinstance(error, BlockingIOError)
+                reason = f"nothing could be sent for {timeout:g} s" if timed_out else error
+                raise CommError(f"sending {what} failed: {reason}") from error
 
     def receive_into(self, target: memoryview, timeout: float) -> None:
         """Reads exactly len(target) announced bytes straight into `target`."""
@@ -146,8 +158,8 @@ class Channel:
             raise ProtocolError(f"unknown message type {kind}") from None
         try:
             body = json.loads(payload) if payload else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ProtocolError(f"{message.name} payload is not JSON: {error}") from None
+        except (ValueError, RecursionError) as error:  # not JSON; a number too long; nesting too deep
+            raise ProtocolError(f"{message.name} payload is not JSON we read: {error!s:.200}") from None
         if not isinstance(body, dict):
             raise ProtocolError(f"{message.name} payload must be a JSON object")
         return message, body
@@ -178,12 +190,12 @@ class Channel:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CommTimeout(f"{filled} of {len(target)} bytes arrived before the deadline")
-                self.sock.settimeout(left)
+                _set_socket_timeout(self.sock, socket.SO_RCVTIMEO, left)
             else:
-                self.sock.settimeout(None)
+                _set_socket_timeout(self.sock, socket.SO_RCVTIMEO, None)
             try:
                 got = self.sock.recv_into(target[filled:])
-            except socket.timeout:
+            except (BlockingIOError, socket.timeout):  # the timeout passed: the deadline decides
                 continue
             except OSError as error:
                 raise CommError(f"connection failed: {error}") from error

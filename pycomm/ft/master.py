@@ -42,6 +42,16 @@ from pycomm.ft._protocol import (
 HELLO_TIMEOUT = 5.0
 
 
+def _valid_host(host: str) -> bool:
+    """A host name or address the other peers can connect to (socket.create_connection would raise
+    something other than an OSError for a name IDNA cannot encode, such as a label of 64 letters)."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return 0 < len(host) <= 253
+
+
 @dataclasses.dataclass
 class _Session:
     peer_id: str
@@ -237,6 +247,10 @@ class Master:
             self._log(f"refused a connection: {error}")
             channel.close()
             return
+        except Exception as error:  # a mistake of this master's: refuse, and keep serving others
+            self._log(f"refused a connection: {type(error).__name__}: {error}")
+            channel.close()
+            return
         if session is None:
             channel.close()
             return
@@ -246,6 +260,10 @@ class Master:
                 self._on_message(session, kind, body)
             except (CommError, OSError) as error:
                 self._drop(session, f"its control connection failed: {error}")
+                return
+            except Exception as error:  # a mistake of this master's: drop the peer, not the thread
+                self._log(f"dropping a peer: {type(error).__name__}: {error}")
+                self._drop(session, f"its message could not be handled: {type(error).__name__}: {error}")
                 return
 
     def _monitor_loop(self) -> None:
@@ -310,7 +328,7 @@ class Master:
             raise ProtocolError("HELLO field 'pid' must be a process id")
         if not (
             0 < len(peer_id) <= 64
-            and len(data_host) <= 255
+            and _valid_host(data_host)
             and 0 < data_port < 65536
             and len(peer_nonce) <= 64
         ):

@@ -9,7 +9,8 @@ fetched in parallel, straight into its own arrays. Fetched bytes are checked aga
 hash. A final one-word all-reduce tells every member whether every fetch succeeded.
 
 Strategies: ``enforce_popular`` (vote, and take the popular state when it differs; a peer that
-never synced does not vote while some member has),
+never synced does not vote while some member has, nor one whose last fetch failed: fetches write
+into its arrays, which may be left part written),
 ``receive_only`` (never vote or serve; take the popular state), ``send_only`` (vote and serve, but
 never take another state: holding a different one is an error).
 
@@ -333,9 +334,11 @@ def _fetch_differences(
     for thread in threads:
         thread.join()
     if errors:
+        comm._last_synced_revision = None  # its arrays may be part written: it votes no more
         return 0, (), 0, "; ".join(errors)
     hashes = state.hashes()
     for name in wanted:
         if f"{hashes[name]:016x}" != goal_arrays[name][3]:
+            comm._last_synced_revision = None
             return 0, (), 0, f"array '{name}' does not match the group's hash after fetching it"
     return sum(len(state.bytes_of(n)) for n in wanted), tuple(wanted), len(by_holder), ""

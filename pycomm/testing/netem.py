@@ -21,7 +21,7 @@ its ``rtt``), rate and loss. Two backends build them:
   one-way delay and drops it with the link's loss probability from a seeded generator; a ``tbf``
   qdisc under a per-destination ``htb`` class on the sender's ``wan0`` sets the rate. By default
   (``offload=True``) the devices carry TCP in super-packets of up to 64 KiB, as a NIC with
-  segmentation offload would, so one read and one write move up to ~44 packets; the relay still
+  segmentation offload would, so one read and one write move up to ~45 packets; the relay still
   draws the loss of each packet and, when one is lost, forwards the packets around it with the
   sequence numbers they would have had. The packets of a super-packet arrive together (they left
   the sender back to back), so the receiver sees the bursts a GRO-capable NIC would hand it.
@@ -122,7 +122,7 @@ _MAX_RELAY_QUEUE_BYTES = 256 << 20
 # How many packets the TUN device buffers between the shaper and the relay (its default is 500, a
 # few milliseconds at a gigabit: any scheduling hiccup of the relay would become loss).
 _DEVICE_QUEUE_PACKETS = 10000
-# The largest TCP super-packet (64 KiB of IP packet, plus the headers of its ~44 packets) and some.
+# The largest TCP super-packet (64 KiB of IP packet, plus the headers of its ~45 packets) and some.
 _OFFLOAD_BURST_BYTES = 96 << 10
 
 
@@ -402,7 +402,8 @@ class _Relay:
             start_new_session=True,
         )
         self._pending = b""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._unanswered: str | None = None  # a command whose answer did not come in time
         try:
             ready = self._read_line(_RELAY_REPLY_TIMEOUT)
         except BaseException:
@@ -419,12 +420,19 @@ class _Relay:
     def command(self, line: str) -> str:
         with self._lock:
             assert self._process.stdin is not None
+            # Its late answer would be read as the next command's: the relay cannot be trusted again.
+            if self._unanswered is not None:
+                raise NetemError(f"the relay did not answer {self._unanswered!r} in time: not used again")
             try:
                 self._process.stdin.write(line.encode() + b"\n")
                 self._process.stdin.flush()
             except OSError as error:
                 raise NetemError(f"the relay is gone ({error}){self._exit_report()}") from error
-            reply = self._read_line(_RELAY_REPLY_TIMEOUT)
+            try:
+                reply = self._read_line(_RELAY_REPLY_TIMEOUT)
+            except NetemError:
+                self._unanswered = line
+                raise
         if reply.startswith("error "):
             raise NetemError(f"the relay refused {line!r}: {reply[len('error ') :]}")
         return reply
@@ -454,18 +462,21 @@ class _Relay:
         return f" (exit status {status}): {message}" if message else f" (exit status {status})"
 
     def close(self) -> None:
-        process = self._process
-        with contextlib.suppress(OSError):
-            assert process.stdin is not None
-            process.stdin.close()
-        try:
-            process.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        # After a command of another thread has its answer: its pipe's descriptor is not closed (and
+        # perhaps reused) under it. Reentrant: a signal handler of the commanding thread gets here.
+        with self._lock:
+            process = self._process
+            with contextlib.suppress(OSError):
+                assert process.stdin is not None
+                process.stdin.close()
+            try:
+                process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
 
 
 # ----- traffic control -----

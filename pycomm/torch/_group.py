@@ -19,6 +19,7 @@ results copied back by the worker.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import queue
 import threading
@@ -35,6 +36,22 @@ from pycomm.torch._threads import CompletionPool, Watchdog
 
 # torch dtypes every engine moves as bytes, with the pycomm kernel name of their element type.
 # bool and the complex types are reduced through views (see reduce_op_for).
+# Workers that shutdown() left inside a call that cannot be cancelled (an MPI collective waiting for
+# peers). MPI_Finalize, which mpi4py runs as the interpreter exits (after every atexit handler),
+# must not run while one is inside MPI: MPICH aborts ("pthread_mutex_destroy: Device or resource
+# busy"). At exit they get this long in all to finish (their peers may still come).
+_STUCK_WORKERS: list[threading.Thread] = []
+_STUCK_WORKERS_WAIT_S = 30.0
+
+
+def _join_stuck_workers() -> None:
+    deadline = time.monotonic() + _STUCK_WORKERS_WAIT_S
+    for worker in _STUCK_WORKERS:
+        worker.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_join_stuck_workers)
+
 _KERNEL_DTYPES = {
     torch.float16: "float16",
     torch.bfloat16: "bfloat16",
@@ -428,7 +445,10 @@ class ProcessGroup(dist.ProcessGroup):
             self._engine.interrupt("the torch group was shut down while it ran")
             self._worker.join(timeout=min(self.timeout_seconds, 10.0))
             if self._worker.is_alive():
-                return  # stuck in a call that cannot be cancelled: leave its resources to the process
+                # Stuck in a call that cannot be cancelled: it leaves when that call ends (it finds the
+                # end of the queue next); its resources are left to the process.
+                _STUCK_WORKERS.append(self._worker)
+                return
             self._worker = None
             self._watchdog.close()
             self._completions.close(timeout=5.0)
