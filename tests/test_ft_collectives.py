@@ -457,6 +457,9 @@ def test_shared_memory_segments_are_removed_and_large_operations_span_rounds() -
     with local_group(3) as (_, comms):
         ids = {c.peer_id for c in comms}
 
+        def ours(names: set) -> set:
+            return {name for name in names if name.split("-")[2] in ids}
+
         def run(comm):
             x = np.arange(3_000_001, dtype=np.float64) * (comm.rank + 1)  # 24 MB: many rounds
             comm.all_reduce(x)
@@ -464,8 +467,9 @@ def test_shared_memory_segments_are_removed_and_large_operations_span_rounds() -
 
         for x in on_all(comms, run):
             assert np.array_equal(x, np.arange(3_000_001, dtype=np.float64) * 6)
-        assert len({s for s in segments() - before if s.split("-")[2] in ids}) == 3
-    assert segments() - before == set()
+        assert len(ours(segments() - before)) == 3
+    # Only this group's: other processes on the machine may hold segments of their own meanwhile.
+    assert ours(segments() - before) == set()
 
 
 @pytest.mark.parametrize("dtype", ["int8", "bfloat16", "float64"])
