@@ -209,6 +209,12 @@ def _optimize(comm: Any) -> dict[str, float]:
     return {"probe_s": took, "probe_gbps": float(measured) * 8e-9}
 
 
+def _sleep_until(instant: float) -> None:
+    """Returns at ``instant`` of the monotonic clock (within a millisecond)."""
+    while time.monotonic() < instant:
+        time.sleep(max(0.0, min(0.001, instant - time.monotonic())))
+
+
 def _timed(
     comm: Any, data: np.ndarray, token: np.ndarray, quantization: str | None, salt: int, margin: float
 ) -> dict:
@@ -227,8 +233,7 @@ def _timed(
     comm.all_reduce(token, op="max")
     left = time.monotonic()
     start = float(token[0])
-    while time.monotonic() < start:
-        time.sleep(max(0.0, min(0.001, start - time.monotonic())))
+    _sleep_until(start)
     called = time.monotonic()
     info = comm.all_reduce(data, quantization=quantization)
     seconds = time.monotonic() - start
@@ -367,8 +372,7 @@ def _move_once(
             left -= got
         ends.append(time.monotonic())
 
-    while time.monotonic() < start:
-        time.sleep(max(0.0, min(0.001, start - time.monotonic())))
+    _sleep_until(start)
     threads = [threading.Thread(target=c.sendall, args=(payload,)) for c in outgoing]
     threads += [threading.Thread(target=receive, args=(c,)) for c in incoming]
     for thread in threads:

@@ -296,7 +296,8 @@ def test_op_info_says_when_the_result_was_held_and_committed(shared_memory: bool
         for infos, x in on_all(comms, run):
             assert np.all(x == 9)
             for info in infos:
-                # This peer held the result, then knew every peer held it, then copied it out.
+                # The order of three events (no duration is asserted): this peer held the result,
+                # then knew every peer held it, then copied it out and returned.
                 assert 0 < info.held_seconds <= info.committed_seconds <= info.seconds, info
 
 
